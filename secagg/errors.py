@@ -1,0 +1,108 @@
+"""Every exception secagg raises, one type per situation.
+
+Local mistakes (calling an API wrongly, an unsafe configuration) and remote misbehaviour (a peer or
+the server sent something that does not fit the protocol) are different types, so that callers can
+tell "fix your code" from "somebody is misbehaving" (the h11 split).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SecAggError",
+    "ConfigError",
+    "OverflowRiskError",
+    "CryptoError",
+    "InvalidSignature",
+    "DecryptionError",
+    "ShamirError",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "UnexpectedMessage",
+    "ReplayedMessage",
+    "UnknownParty",
+    "MaliciousServerError",
+    "RoundAborted",
+    "BudgetExceeded",
+    "HEError",
+]
+
+
+class SecAggError(Exception):
+    """Base class of every error raised by secagg."""
+
+
+class ConfigError(SecAggError, ValueError):
+    """A configuration or argument is invalid (raised before any protocol step)."""
+
+
+class OverflowRiskError(ConfigError):
+    """The encoding could overflow Z_(2^b) for the configured number of clients."""
+
+
+class CryptoError(SecAggError):
+    """Base class of cryptographic failures."""
+
+
+class InvalidSignature(CryptoError):
+    """A signature did not verify under the claimed identity and context."""
+
+
+class DecryptionError(CryptoError):
+    """An AEAD ciphertext failed to authenticate (wrong key, associated data or bytes).
+
+    The cause is deliberately not said: every failure looks the same.
+    """
+
+
+class ShamirError(CryptoError):
+    """Shares are inconsistent, duplicated, too few, or malformed."""
+
+
+class ProtocolError(SecAggError):
+    """Base class of protocol failures."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side used a session wrongly (e.g. asked for output in the wrong stage)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent something the protocol does not allow."""
+
+
+class UnexpectedMessage(RemoteProtocolError):
+    """A message does not fit the session's current stage."""
+
+
+class ReplayedMessage(RemoteProtocolError):
+    """A message belongs to another round or session, or was already received."""
+
+
+class UnknownParty(RemoteProtocolError):
+    """A message names a party that is not in the roster (or not a neighbour)."""
+
+
+class MaliciousServerError(RemoteProtocolError):
+    """The server asked for something an honest server never asks for.
+
+    Examples: both secrets of one peer, an unmask request contradicting the signed survivor set,
+    too few valid consistency signatures.
+    """
+
+
+class RoundAborted(ProtocolError):
+    """The round cannot complete; ``stage`` names where it failed and ``reason`` says why."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"round aborted at stage {stage}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class BudgetExceeded(SecAggError):
+    """A site's next round would exceed its privacy budget, so it declines to take part."""
+
+
+class HEError(SecAggError):
+    """A CKKS context, ciphertext or layout is invalid or does not match the round."""
