@@ -8,23 +8,24 @@ tell "fix your code" from "somebody is misbehaving" (the h11 split).
 from __future__ import annotations
 
 __all__ = [
-    "SecAggError",
-    "ConfigError",
-    "OverflowRiskError",
-    "CryptoError",
-    "InvalidSignature",
-    "DecryptionError",
-    "ShamirError",
-    "ProtocolError",
-    "LocalProtocolError",
-    "RemoteProtocolError",
-    "UnexpectedMessage",
-    "ReplayedMessage",
-    "UnknownParty",
-    "MaliciousServerError",
-    "RoundAborted",
     "BudgetExceeded",
+    "ConfigError",
+    "CryptoError",
+    "DecryptionError",
     "HEError",
+    "InvalidSignature",
+    "LocalProtocolError",
+    "MalformedMessage",
+    "MaliciousServerError",
+    "OverflowRiskError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ReplayedMessage",
+    "RoundAborted",
+    "SecAggError",
+    "ShamirError",
+    "UnexpectedMessage",
+    "UnknownParty",
 ]
 
 
@@ -69,6 +70,10 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The other side sent something the protocol does not allow."""
+
+
+class MalformedMessage(RemoteProtocolError):
+    """A message's fields have the wrong type, size or shape."""
 
 
 class UnexpectedMessage(RemoteProtocolError):

@@ -1,0 +1,87 @@
+"""X25519 key agreement (PyNaCl / libsodium ``crypto_scalarmult``).
+
+The result is the raw 32-byte X25519 output. Never use it as a key directly: feed it to
+:func:`secagg.crypto.kdf.derive_key` with a purpose, round and session.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.utils
+
+from secagg.crypto._secret import NoExportMixin
+from secagg.errors import ConfigError, CryptoError
+
+__all__ = ["KEY_BYTES", "KeyAgreementKey", "exchange"]
+
+KEY_BYTES = 32
+_ZERO = bytes(KEY_BYTES)
+
+
+def _check_private(private_bytes: bytes) -> None:
+    if not isinstance(private_bytes, bytes) or len(private_bytes) != KEY_BYTES:
+        raise ConfigError(f"an X25519 private key is exactly {KEY_BYTES} bytes")
+
+
+def exchange(private_bytes: bytes, peer_public: bytes) -> bytes:
+    """X25519(private_bytes, peer_public): the 32-byte raw shared secret.
+
+    Used by the server to recompute the pairwise masks of a dropped client from a private key it
+    reconstructed from Shamir shares.
+
+    Raises:
+        ConfigError: ``private_bytes`` is not 32 bytes.
+        CryptoError: ``peer_public`` is not 32 bytes, or is a low-order point (the shared secret
+            would be all zeros, i.e. known to everybody).
+    """
+    _check_private(private_bytes)
+    if not isinstance(peer_public, bytes) or len(peer_public) != KEY_BYTES:
+        raise CryptoError("peer public key is not a 32-byte X25519 key")
+    try:
+        shared = nacl.bindings.crypto_scalarmult(private_bytes, peer_public)
+    except (nacl.exceptions.CryptoError, nacl.exceptions.RuntimeError, ValueError, TypeError):
+        # libsodium itself refuses an all-zero result; report it like our own check below.
+        raise CryptoError("key agreement failed: peer public key is a low-order point") from None
+    if hmac.compare_digest(shared, _ZERO):
+        raise CryptoError("key agreement failed: peer public key is a low-order point")
+    return bytes(shared)
+
+
+class KeyAgreementKey(NoExportMixin):
+    """An X25519 private key; never printed, pickled or copied. Export with ``private_bytes``."""
+
+    __slots__ = ("_private", "_public")
+
+    def __init__(self, private_bytes: bytes) -> None:
+        _check_private(private_bytes)
+        self._private = private_bytes
+        self._public = bytes(nacl.bindings.crypto_scalarmult_base(private_bytes))
+
+    @classmethod
+    def generate(cls) -> KeyAgreementKey:
+        """A fresh key from the operating system's CSPRNG."""
+        return cls(nacl.utils.random(KEY_BYTES))
+
+    @classmethod
+    def from_private_bytes(cls, private_bytes: bytes) -> KeyAgreementKey:
+        """Load a 32-byte private key (as returned by :meth:`private_bytes`)."""
+        return cls(private_bytes)
+
+    def private_bytes(self) -> bytes:
+        """Explicit export of the 32-byte private key. Handle the result as a secret."""
+        return self._private
+
+    @property
+    def public_bytes(self) -> bytes:
+        """The 32-byte X25519 public key."""
+        return self._public
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        """The 32-byte raw shared secret with ``peer_public`` (see the module :func:`exchange`)."""
+        return exchange(self._private, peer_public)
+
+    def __repr__(self) -> str:
+        return f"KeyAgreementKey(public={self._public[:8].hex()})"

@@ -1,0 +1,408 @@
+"""The client side of one round, as a sans-IO state machine.
+
+Feed it the server's messages with :meth:`ClientSession.receive`; it returns the message to send
+back. Any server message that does not fit the current stage, or that an honest server would never
+send, moves the session to ``Stage.ABORTED`` for good and raises; nothing secret is revealed after
+that. The unmask answer is built from one per-peer switch (survivor -> self-mask share, dropped ->
+mask-key share), and the session answers at most one unmask request, so it can never reveal both
+secrets of one peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg.crypto import (
+    PURPOSE_SHARE_AEAD,
+    SHARE_BYTES,
+    IdentityKey,
+    KeyAgreementKey,
+    derive_key,
+    lp_encode,
+    open_sealed,
+    random_seed,
+    seal,
+    split_many,
+)
+from secagg.errors import (
+    CryptoError,
+    InvalidSignature,
+    LocalProtocolError,
+    MalformedMessage,
+    MaliciousServerError,
+    ProtocolError,
+    ReplayedMessage,
+    RoundAborted,
+    UnexpectedMessage,
+    UnknownParty,
+)
+from secagg.protocol.config import RoundConfig
+from secagg.protocol.masking import apply_masks, pairwise_seed, pairwise_sign
+from secagg.protocol.messages import (
+    AdvertiseKeys,
+    ClientMessage,
+    ConsistencySignature,
+    KeyRoster,
+    MaskedInput,
+    ServerMessage,
+    ShareBundle,
+    ShareKeys,
+    Stage,
+    SurvivorsRequest,
+    UnmaskRequest,
+    UnmaskShares,
+    compute_session_id,
+    signing_context,
+    survivors_payload,
+)
+
+__all__ = ["ClientSession", "share_associated_data", "share_key"]
+
+
+def share_key(shared_secret: bytes, *, round_id: int, session_id: bytes, a: int, b: int) -> bytes:
+    """The AEAD key for shares exchanged between parties a and b (symmetric)."""
+    return derive_key(
+        shared_secret,
+        purpose=PURPOSE_SHARE_AEAD,
+        round_id=round_id,
+        session_id=session_id,
+        parties=(min(a, b), max(a, b)),
+    )
+
+
+def share_associated_data(round_id: int, session_id: bytes, sender: int, receiver: int) -> bytes:
+    """Associated data binding a share ciphertext to its round, session, sender and receiver."""
+    return lp_encode("share", round_id, session_id, sender, receiver)
+
+
+class ClientSession:
+    """One client's view of one round."""
+
+    _TRANSITIONS: ClassVar[dict[tuple[Stage, type], tuple[str, Stage]]] = {
+        (Stage.ADVERTISE_KEYS, KeyRoster): ("_on_key_roster", Stage.SHARE_KEYS),
+        (Stage.SHARE_KEYS, ShareBundle): ("_on_share_bundle", Stage.MASKED_INPUT),
+        (Stage.MASKED_INPUT, SurvivorsRequest): ("_on_survivors", Stage.CONSISTENCY_CHECK),
+        (Stage.CONSISTENCY_CHECK, UnmaskRequest): ("_on_unmask_request", Stage.COMPLETED),
+    }
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        party: int,
+        identity: IdentityKey,
+        encoded_input: npt.NDArray[np.uint32],
+    ) -> None:
+        if party not in config.roster:
+            raise LocalProtocolError(f"party {party} is not in the round's roster")
+        if identity.public_key != config.roster[party]:
+            raise LocalProtocolError(f"the identity key does not match party {party}'s roster key")
+        x = np.asarray(encoded_input)
+        if x.dtype != np.uint32 or x.shape != (config.vector_length,):
+            raise LocalProtocolError(
+                f"encoded_input must be uint32 of shape ({config.vector_length},), "
+                f"got {x.dtype} {x.shape}"
+            )
+        if np.any(x > config.modulus_mask):
+            raise LocalProtocolError(f"encoded_input has values outside Z_(2^{config.bits})")
+        self.config = config
+        self.party = party
+        self._identity = identity
+        self._input = x
+        self._stage = Stage.ADVERTISE_KEYS
+        self._advertised = False
+        self._abort_reason: str | None = None
+        self._cipher_key = KeyAgreementKey.generate()
+        self._mask_key = KeyAgreementKey.generate()
+        self._self_mask_seed = random_seed()
+        self._session_id = b""
+        self._holders: frozenset[int] = frozenset()
+        self._peer_keys: dict[int, AdvertiseKeys] = {}
+        # Shares this client holds, by owner: (share of owner's self-mask seed, of its mask key).
+        self._held_shares: dict[int, tuple[bytes, bytes]] = {}
+        self._share_senders: frozenset[int] = frozenset()
+        self._signed_survivors: tuple[int, ...] | None = None
+
+    # --- public surface -------------------------------------------------------------------
+
+    @property
+    def stage(self) -> Stage:
+        return self._stage
+
+    @property
+    def abort_reason(self) -> str | None:
+        return self._abort_reason
+
+    @property
+    def session_id(self) -> bytes:
+        return self._session_id
+
+    def advertise_keys(self) -> AdvertiseKeys:
+        """The first message of the round. May be called once."""
+        if self._advertised or self._stage is not Stage.ADVERTISE_KEYS:
+            raise LocalProtocolError("advertise_keys() was already called for this round")
+        self._advertised = True
+        return AdvertiseKeys.create(
+            self._identity,
+            round_id=self.config.round_id,
+            sender=self.party,
+            config_digest=self.config.digest,
+            cipher_public_key=self._cipher_key.public_bytes,
+            mask_public_key=self._mask_key.public_bytes,
+        )
+
+    def receive(self, message: ServerMessage) -> ClientMessage:
+        """Process one server message and return the reply; abort on anything out of place."""
+        if self._stage.is_terminal:
+            raise LocalProtocolError(
+                f"the session is {self._stage.value}"
+                + (f" ({self._abort_reason})" if self._abort_reason else "")
+            )
+        if not self._advertised:
+            raise LocalProtocolError("call advertise_keys() before receiving server messages")
+        entry = self._TRANSITIONS.get((self._stage, type(message)))
+        try:
+            if entry is None:
+                raise UnexpectedMessage(
+                    f"{type(message).__name__} does not fit stage {self._stage.value}"
+                )
+            if message.round_id != self.config.round_id:
+                raise ReplayedMessage(
+                    f"message for round {message.round_id}, this is round {self.config.round_id}"
+                )
+            handler_name, next_stage = entry
+            handler: Callable[[ServerMessage], ClientMessage] = getattr(self, handler_name)
+            reply = handler(message)
+        except (ProtocolError, CryptoError) as exc:
+            self.abort(str(exc))
+            raise
+        self._stage = next_stage
+        if next_stage is Stage.COMPLETED:
+            self._forget_secrets()
+        return reply
+
+    def abort(self, reason: str) -> None:
+        """Move to the aborted state for good and drop every secret."""
+        self._stage = Stage.ABORTED
+        self._abort_reason = reason
+        self._forget_secrets()
+
+    # --- stage handlers -------------------------------------------------------------------
+
+    def _on_key_roster(self, msg: KeyRoster) -> ShareKeys:
+        cfg = self.config
+        ads = {ad.sender: ad for ad in msg.advertisements}
+        mine = ads.get(self.party)
+        if mine is None or (
+            mine.cipher_public_key != self._cipher_key.public_bytes
+            or mine.mask_public_key != self._mask_key.public_bytes
+        ):
+            raise MaliciousServerError("the key roster does not contain this client's own keys")
+        for ad in ads.values():
+            if ad.round_id != cfg.round_id:
+                raise ReplayedMessage(f"advertisement of party {ad.sender} is from another round")
+            if ad.sender not in cfg.roster:
+                raise UnknownParty(f"party {ad.sender} is not in the roster")
+        if len(ads) < cfg.threshold:
+            raise RoundAborted(
+                Stage.ADVERTISE_KEYS.value,
+                f"only {len(ads)} parties advertised keys, threshold is {cfg.threshold}",
+            )
+        all_keys = [k for ad in ads.values() for k in (ad.cipher_public_key, ad.mask_public_key)]
+        if len(set(all_keys)) != len(all_keys):
+            raise MaliciousServerError("the key roster repeats a public key")
+        neighbours = cfg.graph.neighbours(self.party) & ads.keys()
+        for v in neighbours:
+            try:
+                ads[v].verify(cfg.roster[v], cfg.digest)
+            except InvalidSignature as exc:
+                raise InvalidSignature(f"advertisement of party {v} is not signed by it") from exc
+        holders = frozenset(neighbours | {self.party})
+        if len(holders) < cfg.threshold:
+            raise RoundAborted(
+                Stage.ADVERTISE_KEYS.value,
+                f"only {len(holders)} of party {self.party}'s neighbourhood advertised keys, "
+                f"threshold is {cfg.threshold}",
+            )
+        self._session_id = compute_session_id(cfg.digest, ads.values())
+        self._holders = holders
+        self._peer_keys = {v: ads[v] for v in neighbours}
+
+        xs = sorted(holders)
+        seed_shares, key_shares = split_many(
+            [self._self_mask_seed, self._mask_key.private_bytes()],
+            threshold=cfg.threshold,
+            xs=xs,
+        )
+        self._held_shares[self.party] = (seed_shares[self.party], key_shares[self.party])
+        encrypted: list[tuple[int, bytes]] = []
+        for v in xs:
+            if v == self.party:
+                continue
+            key = self._share_key(v)
+            plaintext = seed_shares[v] + key_shares[v]
+            ad = share_associated_data(cfg.round_id, self._session_id, self.party, v)
+            encrypted.append((v, seal(key, plaintext, ad)))
+        return ShareKeys.create(
+            self._identity,
+            round_id=cfg.round_id,
+            sender=self.party,
+            config_digest=cfg.digest,
+            session_id=self._session_id,
+            encrypted_shares=tuple(encrypted),
+        )
+
+    def _on_share_bundle(self, msg: ShareBundle) -> MaskedInput:
+        cfg = self.config
+        self._check_session(msg.session_id)
+        senders = {sender for sender, _ in msg.encrypted_shares}
+        strangers = senders - self._peer_keys.keys()
+        if strangers:
+            raise UnknownParty(f"shares from parties that are not neighbours: {sorted(strangers)}")
+        for sender, box in msg.encrypted_shares:
+            ad = share_associated_data(cfg.round_id, self._session_id, sender, self.party)
+            plaintext = open_sealed(self._share_key(sender), box, ad)
+            self._held_shares[sender] = _split_share_plaintext(plaintext)
+        live = senders | {self.party}
+        if len(live) < cfg.threshold:
+            raise RoundAborted(
+                Stage.SHARE_KEYS.value,
+                f"only {len(live)} of party {self.party}'s neighbourhood shared keys, "
+                f"threshold is {cfg.threshold}",
+            )
+        self._share_senders = frozenset(senders)
+
+        masked = self._input.copy()
+        add, subtract = [self._self_mask_seed], []
+        for v in sorted(senders):
+            secret = self._mask_key.exchange(self._peer_keys[v].mask_public_key)
+            seed = pairwise_seed(
+                secret, round_id=cfg.round_id, session_id=self._session_id, a=self.party, b=v
+            )
+            (add if pairwise_sign(self.party, v) > 0 else subtract).append(seed)
+        apply_masks(masked, add, subtract)
+        np.bitwise_and(masked, np.uint32(cfg.modulus_mask), out=masked)
+        return MaskedInput.create(
+            self._identity,
+            round_id=cfg.round_id,
+            sender=self.party,
+            config_digest=cfg.digest,
+            session_id=self._session_id,
+            masked_vector=masked,
+        )
+
+    def _on_survivors(self, msg: SurvivorsRequest) -> ConsistencySignature:
+        cfg = self.config
+        self._check_session(msg.session_id)
+        survivors = set(msg.survivors)
+        if self.party not in survivors:
+            raise MaliciousServerError("the survivor set omits this client, which sent its input")
+        unknown = survivors - cfg.roster.keys()
+        if unknown:
+            raise UnknownParty(f"survivors not in the roster: {sorted(unknown)}")
+        # A neighbour can only be a survivor if it shared keys with us (U3 is a subset of U2).
+        impossible = (survivors & cfg.graph.neighbours(self.party)) - self._share_senders
+        if impossible:
+            raise MaliciousServerError(
+                f"survivors {sorted(impossible)} never shared keys with party {self.party}"
+            )
+        if len(survivors) < cfg.threshold:
+            raise RoundAborted(
+                Stage.MASKED_INPUT.value,
+                f"only {len(survivors)} masked inputs, threshold is {cfg.threshold}",
+            )
+        self._signed_survivors = msg.survivors
+        return ConsistencySignature.create(
+            self._identity,
+            round_id=cfg.round_id,
+            sender=self.party,
+            config_digest=cfg.digest,
+            session_id=self._session_id,
+            survivors=msg.survivors,
+        )
+
+    def _on_unmask_request(self, msg: UnmaskRequest) -> UnmaskShares:
+        cfg = self.config
+        self._check_session(msg.session_id)
+        if msg.survivors != self._signed_survivors:
+            raise MaliciousServerError("the unmask request contradicts the signed survivor set")
+        both = set(msg.survivors) & set(msg.dropped)
+        if both:
+            raise MaliciousServerError(
+                f"the unmask request asks for both secrets of parties {sorted(both)}"
+            )
+        self._check_consistency_signatures(msg)
+
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        self_mask_shares: list[tuple[int, bytes]] = []
+        mask_key_shares: list[tuple[int, bytes]] = []
+        for owner in sorted(self._held_shares):
+            seed_share, key_share = self._held_shares[owner]
+            if owner in survivors:  # alive: its self mask must go, its pairwise masks cancel
+                self_mask_shares.append((owner, seed_share))
+            elif owner in dropped:  # dropped: its pairwise masks must be recomputed
+                mask_key_shares.append((owner, key_share))
+        return UnmaskShares.create(
+            self._identity,
+            round_id=cfg.round_id,
+            sender=self.party,
+            config_digest=cfg.digest,
+            session_id=self._session_id,
+            self_mask_shares=tuple(self_mask_shares),
+            mask_key_shares=tuple(mask_key_shares),
+        )
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _check_consistency_signatures(self, msg: UnmaskRequest) -> None:
+        cfg = self.config
+        payload = survivors_payload(msg.survivors)
+        valid = 0
+        for signer, signature in msg.consistency_signatures:
+            if signer not in msg.survivors:
+                raise MaliciousServerError(f"consistency signature from non-survivor {signer}")
+            context = signing_context(
+                Stage.CONSISTENCY_CHECK, cfg.round_id, cfg.digest, self._session_id, signer
+            )
+            try:
+                cfg.roster[signer].verify(signature, context, payload)
+            except InvalidSignature as exc:
+                raise MaliciousServerError(
+                    f"the consistency signature of party {signer} does not verify"
+                ) from exc
+            valid += 1
+        if valid < cfg.threshold:
+            raise MaliciousServerError(
+                f"only {valid} valid consistency signatures, threshold is {cfg.threshold}"
+            )
+
+    def _check_session(self, session_id: bytes) -> None:
+        if session_id != self._session_id:
+            raise ReplayedMessage("message belongs to another session")
+
+    def _share_key(self, peer: int) -> bytes:
+        secret = self._cipher_key.exchange(self._peer_keys[peer].cipher_public_key)
+        return share_key(
+            secret,
+            round_id=self.config.round_id,
+            session_id=self._session_id,
+            a=self.party,
+            b=peer,
+        )
+
+    def _forget_secrets(self) -> None:
+        self._held_shares.clear()
+        self._self_mask_seed = b""
+
+    def __repr__(self) -> str:
+        return f"ClientSession(party={self.party}, round={self.config.round_id}, stage={self._stage.value})"
+
+
+def _split_share_plaintext(plaintext: bytes) -> tuple[bytes, bytes]:
+    """A share plaintext is seed share || key share; sender and receiver are bound by the AD."""
+    if len(plaintext) != 2 * SHARE_BYTES:
+        raise MalformedMessage("a decrypted share has the wrong length")
+    return plaintext[:SHARE_BYTES], plaintext[SHARE_BYTES:]

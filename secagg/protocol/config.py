@@ -1,0 +1,104 @@
+"""The public parameters of one round, agreed by the server and every client before it starts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+
+from secagg.crypto import IdentityPublicKey, transcript_digest
+from secagg.encoding import MAX_BITS
+from secagg.errors import ConfigError
+from secagg.protocol.graph import NeighbourGraph
+
+__all__ = ["RoundConfig"]
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Everything public about one round.
+
+    ``roster`` maps party id (a positive int, also the party's Shamir x-coordinate) to its long-term
+    Ed25519 identity key. ``degree`` is the SecAgg+ neighbour-graph degree; ``None`` means the full
+    graph of the original SecAgg. ``threshold`` is t: the number of shares that reconstruct a secret,
+    and the fewest parties that must remain at every stage. ``context_digest`` binds the round to
+    whatever else the parties must agree on (model weights, training config): clients with different
+    digests can never be summed together.
+    """
+
+    round_id: int
+    roster: Mapping[int, IdentityPublicKey]
+    threshold: int
+    vector_length: int
+    bits: int = 32
+    degree: int | None = None
+    context_digest: bytes = b""
+
+    def __post_init__(self) -> None:
+        roster = MappingProxyType(dict(sorted(self.roster.items())))
+        object.__setattr__(self, "roster", roster)
+        n = len(roster)
+        if not 0 <= self.round_id < 2**63:
+            raise ConfigError(f"round_id must be in [0, 2^63), got {self.round_id}")
+        if n < 2:
+            raise ConfigError(f"a round needs at least 2 parties, the roster has {n}")
+        if any(not (isinstance(p, int) and 1 <= p < 2**31 - 1) for p in roster):
+            raise ConfigError("party ids must be ints in [1, 2^31 - 2] (they are Shamir x-values)")
+        if not 2 <= self.bits <= MAX_BITS:
+            raise ConfigError(f"bits must be in [2, {MAX_BITS}], got {self.bits}")
+        if self.vector_length < 1:
+            raise ConfigError(f"vector_length must be >= 1, got {self.vector_length}")
+        neighbourhood = n if self.degree is None else min(self.degree, n - 1) + 1
+        if not 2 <= self.threshold <= neighbourhood:
+            raise ConfigError(
+                f"threshold must be in [2, {neighbourhood}] (the size of a neighbourhood including "
+                f"the party itself), got {self.threshold}"
+            )
+        # Below n/2 + 1 (full graph), two disjoint survivor sets could each be signed by t parties.
+        # That is allowed for an honest-but-curious server; params.full_graph_threshold picks t.
+        if self.degree is not None and not self.degree >= 2:
+            raise ConfigError(f"degree must be >= 2, got {self.degree}")
+        _ = self.graph  # validate the graph parameters now, not mid-round
+
+    @property
+    def parties(self) -> tuple[int, ...]:
+        return tuple(self.roster)
+
+    @property
+    def modulus_mask(self) -> int:
+        return (1 << self.bits) - 1
+
+    @cached_property
+    def roster_digest(self) -> bytes:
+        """A hash of the round id, the context digest and the length-prefixed roster."""
+        roster_parts: list[bytes | int] = []
+        for party, key in self.roster.items():
+            roster_parts += [party, key.to_bytes()]
+        return transcript_digest("roster", self.round_id, self.context_digest, *roster_parts)
+
+    @cached_property
+    def digest(self) -> bytes:
+        """A hash of every public parameter; signed into every client message."""
+        return transcript_digest(
+            "round-config",
+            self.round_id,
+            self.threshold,
+            self.vector_length,
+            self.bits,
+            0 if self.degree is None else self.degree,
+            self.roster_digest,
+        )
+
+    @cached_property
+    def graph(self) -> NeighbourGraph:
+        n = len(self.roster)
+        if self.degree is None or self.degree >= n - 1:
+            return NeighbourGraph.full(self.parties)
+        # Public randomness: anyone can recompute the graph from the config.
+        seed = transcript_digest("neighbour-graph-seed", self.round_id, self.roster_digest)
+        return NeighbourGraph.harary(self.parties, self.degree, seed)
+
+    def holders(self, party: int) -> frozenset[int]:
+        """The parties that hold shares of ``party``'s secrets: its neighbours and itself."""
+        return self.graph.neighbours(party) | {party}

@@ -1,0 +1,113 @@
+"""Property tests: for any dropout schedule the round sums the survivors exactly, or aborts at the
+stage where too few parties remain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from secagg.encoding import FixedPointEncoding
+from secagg.errors import OverflowRiskError, RoundAborted
+from secagg.protocol import ACTIVE_STAGES, Stage
+from secagg.simulate import run_round, simulate
+
+from ..protocol.harness import make_round
+
+NEVER = len(ACTIVE_STAGES)  # "drops at stage index 5" means the party never drops
+
+
+@st.composite
+def full_graph_rounds(draw):
+    n = draw(st.integers(2, 9))
+    t = draw(st.integers(2, n))
+    m = draw(st.integers(1, 40))
+    bits = draw(st.sampled_from([8, 16, 24, 32]))
+    drop_stage = draw(st.lists(st.integers(0, NEVER), min_size=n, max_size=n))
+    return n, t, m, bits, drop_stage
+
+
+def _schedule(drop_stage):
+    schedule: dict[Stage, set[int]] = {}
+    for party, index in enumerate(drop_stage, start=1):
+        if index < NEVER:
+            schedule.setdefault(ACTIVE_STAGES[index], set()).add(party)
+    return schedule
+
+
+@given(full_graph_rounds(), st.integers(0, 2**32 - 1))
+def test_full_graph_round_sums_survivors_exactly_or_aborts_at_the_first_short_stage(case, seed):
+    n, t, m, bits, drop_stage = case
+    r = make_round(n, threshold=t, vector_length=m, bits=bits, seed=seed)
+    remaining = [sum(1 for d in drop_stage if d > i) for i in range(NEVER)]
+    short = [i for i, count in enumerate(remaining) if count < t]
+    schedule = _schedule(drop_stage)
+    if short:
+        with pytest.raises(RoundAborted) as info:
+            run_round(r.config, r.identities, r.inputs, dropouts=schedule)
+        assert info.value.stage == ACTIVE_STAGES[short[0]].value
+        return
+    result = run_round(r.config, r.identities, r.inputs, dropouts=schedule)
+    # Parties that dropped before sending their masked input are out; later dropouts stay in.
+    expected_survivors = tuple(p for p, d in enumerate(drop_stage, start=1) if d > 2)
+    assert result.survivors == expected_survivors
+    np.testing.assert_array_equal(result.total, r.expected_sum(expected_survivors))
+
+
+@st.composite
+def sparse_rounds(draw):
+    n = draw(st.integers(5, 24))
+    k = draw(st.sampled_from([d for d in (2, 4, 6, 8) if d < n - 1]))
+    t = draw(st.integers(2, k + 1))
+    m = draw(st.integers(1, 24))
+    drop_stage = draw(
+        st.lists(st.sampled_from([*range(NEVER)] + [NEVER] * 8), min_size=n, max_size=n)
+    )
+    return n, k, t, m, drop_stage
+
+
+@given(sparse_rounds(), st.integers(0, 2**32 - 1))
+def test_secagg_plus_round_sums_survivors_exactly_or_aborts_with_a_named_stage(case, seed):
+    n, k, t, m, drop_stage = case
+    r = make_round(n, threshold=t, vector_length=m, degree=k, seed=seed)
+    schedule = _schedule(drop_stage)
+    try:
+        result = run_round(r.config, r.identities, r.inputs, dropouts=schedule)
+    except RoundAborted as exc:
+        assert exc.stage in {s.value for s in ACTIVE_STAGES}
+        assert any(d < NEVER for d in drop_stage), "a round without dropouts must complete"
+        return
+    # Every survivor sent its masked input; nobody who dropped before that is in the sum.
+    assert all(drop_stage[p - 1] > 2 for p in result.survivors)
+    np.testing.assert_array_equal(result.total, r.expected_sum(result.survivors))
+
+
+@given(
+    st.integers(2, 30),
+    st.integers(1, 50),
+    st.floats(0.01, 100.0),
+    st.sampled_from([16, 24, 32]),
+    st.integers(0, 2**32 - 1),
+)
+def test_decoded_sum_is_within_the_quantisation_bound(n, m, clip, bits, seed):
+    rng = np.random.default_rng(seed)
+    inputs = rng.uniform(-1.5 * clip, 1.5 * clip, size=(n, m))
+    try:
+        out = simulate(list(inputs), clip=clip, bits=bits, threshold=max(2, n // 2 + 1))
+    except OverflowRiskError:
+        assert bits == 16 and n > 1000  # never: 16 bits always fit 30 clients at some scale
+        raise
+    expected = np.clip(inputs, -clip, clip).sum(axis=0)
+    bound = n * out.encoding.resolution
+    assert np.max(np.abs(out.aggregate - expected)) <= bound
+
+
+@given(st.integers(1, 10_000), st.floats(1e-3, 1e3), st.sampled_from([8, 16, 32]))
+def test_encoding_never_admits_a_configuration_that_can_overflow(n, clip, bits):
+    try:
+        enc = FixedPointEncoding.for_clients(clip=clip, max_clients=n, bits=bits)
+    except OverflowRiskError:
+        assert n * 2 >= 2 ** (bits - 1) - 1
+        return
+    assert n * enc.max_abs_quantised < 2 ** (bits - 1)
