@@ -64,7 +64,7 @@ class FixedPointEncoding:
             raise OverflowRiskError(
                 f"{bits} bits cannot hold the sum of {max_clients} inputs at any useful resolution"
             )
-        # ceil(clip * scale) <= per_client must hold; leave one unit for float rounding of clip*scale.
+        # ceil(clip * scale) <= per_client must hold; one unit is left for float rounding.
         scale = (per_client - 1) / clip
         return cls(clip=clip, scale=scale, max_clients=max_clients, bits=bits)
 

@@ -1,9 +1,10 @@
 """CKKS key material: the key holder's secret context and the public-only context.
 
 * :class:`KeyHolderContext` holds the secret key. It is created by the key holder (one designated
-  site, or generated once and shared by every site through :meth:`KeyHolderContext.export_secret_bytes`,
-  an explicit, separately named step), hands out :meth:`~KeyHolderContext.public_context_bytes` and
-  decrypts encrypted sums. It cannot be printed with its key, pickled or copied.
+  site, or generated once and shared by every site through
+  :meth:`KeyHolderContext.export_secret_bytes`, an explicit, separately named step), hands out
+  :meth:`~KeyHolderContext.public_context_bytes` and decrypts encrypted sums. It cannot be
+  printed with its key, pickled or copied.
 * :class:`PublicContext` is what the aggregator (and every encrypting site) holds: public key only.
   :meth:`PublicContext.from_bytes` refuses a context that carries a secret key, so an aggregator can
   never be handed the means to decrypt single updates by mistake.
@@ -21,6 +22,7 @@ from typing import Any, Final, NoReturn
 import numpy as np
 import numpy.typing as npt
 import tenseal as ts
+import tenseal.sealapi
 
 from secagg.errors import ConfigError, HEError
 from secagg.he.packing import KIND_SUM, Layout, load_ciphertext, parse_chunk, parse_sum
@@ -304,4 +306,7 @@ class KeyHolderContext(_NoSerialise):
         return out
 
     def __repr__(self) -> str:
-        return f"KeyHolderContext(params={self._params!r}, key_id={self._key_id.hex()[:16]}..., secret=<hidden>)"
+        return (
+            f"KeyHolderContext(params={self._params!r}, "
+            f"key_id={self._key_id.hex()[:16]}..., secret=<hidden>)"
+        )

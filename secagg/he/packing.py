@@ -467,7 +467,8 @@ def load_ciphertext(
         raise HEError(f"chunk {index}: ciphertext is not in NTT form")
     if ct.scale != params.scale:
         raise HEError(
-            f"chunk {index}: ciphertext scale {ct.scale!r} differs from 2^{params.global_scale_bits}"
+            f"chunk {index}: ciphertext scale {ct.scale!r} "
+            f"differs from 2^{params.global_scale_bits}"
         )
     return vec
 

@@ -44,7 +44,7 @@ __all__ = [
 HE_STANDARD_128_CLASSICAL: Mapping[int, int] = MappingProxyType(
     {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 )
-"""Max total ``log2(Q)`` bits per ring dimension ``N`` for 128-bit classical security (HE standard)."""
+"""Max total ``log2(Q)`` bits per ring dimension ``N`` for 128-bit classical security."""
 
 NOISE_STDDEV = 3.2
 """Standard deviation of the RLWE error (SEAL uses 3.19; the HE standard tables assume 3.2)."""
@@ -74,8 +74,9 @@ class CkksParameters:
 
     Raises:
         ConfigError: a value has the wrong type, ``N`` is not in the HE-standard table, a prime size
-            is outside ``[20, 60]`` bits, fewer than two primes are given, the total modulus exceeds the 128-bit bound for ``N``, or
-            the data level leaves no headroom above the scale.
+            is outside ``[20, 60]`` bits, fewer than two primes are given, the total modulus
+            exceeds the 128-bit bound for ``N``, or the data level leaves no headroom above the
+            scale.
     """
 
     poly_modulus_degree: int = 8192

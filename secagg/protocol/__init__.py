@@ -1,4 +1,4 @@
-"""The SecAgg / SecAgg+ protocol as sans-IO state machines: typed messages in, typed messages out."""
+"""SecAgg / SecAgg+ as sans-IO state machines: typed messages in, typed messages out."""
 
 from secagg.protocol.client import ClientSession
 from secagg.protocol.config import RoundConfig

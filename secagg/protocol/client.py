@@ -398,7 +398,8 @@ class ClientSession:
         self._self_mask_seed = b""
 
     def __repr__(self) -> str:
-        return f"ClientSession(party={self.party}, round={self.config.round_id}, stage={self._stage.value})"
+        stage = self._stage.value
+        return f"ClientSession(party={self.party}, round={self.config.round_id}, stage={stage})"
 
 
 def _split_share_plaintext(plaintext: bytes) -> tuple[bytes, bytes]:

@@ -20,11 +20,11 @@ class RoundConfig:
     """Everything public about one round.
 
     ``roster`` maps party id (a positive int, also the party's Shamir x-coordinate) to its long-term
-    Ed25519 identity key. ``degree`` is the SecAgg+ neighbour-graph degree; ``None`` means the full
-    graph of the original SecAgg. ``threshold`` is t: the number of shares that reconstruct a secret,
-    and the fewest parties that must remain at every stage. ``context_digest`` binds the round to
-    whatever else the parties must agree on (model weights, training config): clients with different
-    digests can never be summed together.
+    Ed25519 identity key. ``degree`` is the SecAgg+ neighbour-graph degree; ``None`` means the
+    full graph of the original SecAgg. ``threshold`` is t: the number of shares that reconstruct a
+    secret, and the fewest parties that must remain at every stage. ``context_digest`` binds the
+    round to whatever else the parties must agree on (model weights, training config): clients
+    with different digests can never be summed together.
     """
 
     round_id: int

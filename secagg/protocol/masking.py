@@ -44,5 +44,5 @@ def apply_masks(
     *,
     start_word: int = 0,
 ) -> None:
-    """In place: vector += sum PRG(add) - sum PRG(subtract) (mod 2^32), words from ``start_word``."""
+    """In place: vector += sum PRG(add) - sum PRG(subtract) mod 2^32, from word ``start_word``."""
     add_masks(vector, add_seeds, subtract_seeds, start_word=start_word)
