@@ -140,11 +140,11 @@ class RdpAccountant:
         return self._history
 
     def step(self, *, mechanism: str, steps: int = 1, **params: float) -> None:
-        """Compose ``steps`` invocations of ``mechanism`` (see :data:`MECHANISMS` for parameters)."""
+        """Compose ``steps`` invocations of ``mechanism`` (parameters: see :data:`MECHANISMS`)."""
         steps = _rdp._check_steps(steps)
         norm = _normalise(mechanism, params)
         curve = _rdp_of(mechanism, dict(norm), steps, self._orders)
-        self._rdp = tuple(a + b for a, b in zip(self._rdp, curve))
+        self._rdp = tuple(a + b for a, b in zip(self._rdp, curve, strict=True))
         self._history = (*self._history, AccountantStep(mechanism, norm, steps))
 
     def step_gaussian(self, noise_multiplier: float, steps: int = 1) -> None:
@@ -153,7 +153,7 @@ class RdpAccountant:
     def step_sampled_gaussian(
         self, noise_multiplier: float, sample_rate: float, steps: int = 1
     ) -> None:
-        """DP-SGD: ``steps`` Poisson-sampled Gaussian steps (Opacus's ``step`` called ``steps`` times)."""
+        """DP-SGD: ``steps`` Poisson-sampled Gaussian steps (Opacus's ``step``, ``steps`` times)."""
         self.step(
             mechanism="sampled_gaussian",
             noise_multiplier=noise_multiplier,
@@ -227,7 +227,13 @@ class RdpAccountant:
         return other
 
     def check_budget(
-        self, *, epsilon_budget: float, delta: float, mechanism: str, steps: int = 1, **params: float
+        self,
+        *,
+        epsilon_budget: float,
+        delta: float,
+        mechanism: str,
+        steps: int = 1,
+        **params: float,
     ) -> float:
         """Epsilon after a prospective step; raise :class:`BudgetExceeded` if above the budget.
 

@@ -11,25 +11,27 @@ Mechanisms
   the Sampled Gaussian Mechanism" (arXiv:1908.10530), Sec. 3.3 -- the exact binomial expansion for
   integer orders and the two-sided series for fractional orders, as implemented by Opacus
   (``opacus/accountants/analysis/rdp.py``) and Google's ``dp_accounting``
-  (``rdp/rdp_privacy_accountant.py``, whose conservative all-terms-added fractional series we follow).
+  (``rdp/rdp_privacy_accountant.py``, whose conservative all-terms-added fractional series we
+  follow).
 * Distributed discrete Gaussian (DDG): Kairouz, Liu & Steinke, ICML 2021 ("The Distributed Discrete
-  Gaussian Mechanism for Federated Learning with Secure Aggregation", arXiv:2102.06387), Thm. 1 and
-  Prop. 14 / Eq. 17, reproduced from google-research/federated ``distributed_dp/accounting_utils.py``
-  (``compute_rdp_dgaussian``, ``ddgauss_epsilon``).
+  Gaussian Mechanism for Federated Learning with Secure Aggregation", arXiv:2102.06387), Thm. 1
+  and Prop. 14 / Eq. 17, reproduced from google-research/federated
+  ``distributed_dp/accounting_utils.py`` (``compute_rdp_dgaussian``, ``ddgauss_epsilon``).
 * Distributed Skellam: Agarwal, Kairouz & Liu, NeurIPS 2021 ("The Skellam Mechanism for
   Differentially Private Federated Learning", arXiv:2110.04995), reproduced from ``_skellam_rdp`` in
   the same ``accounting_utils.py``.
 * Subsampling of the two distributed mechanisms: Zhu & Wang, ICML 2019 ("Poisson Subsampled Rényi
-  Differential Privacy"), general upper bound, as ``_compute_rdp_subsampled`` in ``accounting_utils``.
+  Differential Privacy"), general upper bound, as ``_compute_rdp_subsampled`` in
+  ``accounting_utils``.
 
 Conversion to (epsilon, delta): Balle et al., AISTATS 2020 ("Hypothesis testing interpretations and
 Rényi DP", Prop. 12) / Canonne, Kamath & Steinke 2020 (Eq. 20), exactly as
 ``dp_accounting.rdp.compute_epsilon``.
 
-Orders: the two distributed mechanisms' bounds are stated and implemented for integer orders; for a
-fractional order ``alpha`` we use the bound at ``ceil(alpha)``, which is sound because Rényi divergence
-is non-decreasing in its order (``accounting_utils`` truncates with ``int()`` instead, but only ever
-passes integer orders).
+Orders: the two distributed mechanisms' bounds are stated and implemented for integer orders; for
+a fractional order ``alpha`` we use the bound at ``ceil(alpha)``, which is sound because Rényi
+divergence is non-decreasing in its order (``accounting_utils`` truncates with ``int()`` instead,
+but only ever passes integer orders).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def _int_order(alpha: float) -> int:
 def compute_rdp_gaussian(
     noise_multiplier: float, steps: int = 1, orders: Sequence[float] = DEFAULT_ORDERS
 ) -> tuple[float, ...]:
-    """RDP of ``steps`` compositions of the Gaussian mechanism, noise stddev = ``z`` x sensitivity."""
+    """RDP of ``steps`` compositions of the Gaussian mechanism (noise stddev: ``z`` x sens.)."""
     return compute_rdp_sampled_gaussian(1.0, noise_multiplier, steps, orders)
 
 
@@ -252,7 +254,7 @@ def rdp_to_epsilon(
     if delta == 0:
         return (0.0, 0.0) if all(r == 0 for r in rdp_t) else (math.inf, 0.0)
     best_eps, best_order = math.inf, orders_t[0]
-    for a, r in zip(orders_t, rdp_t):
+    for a, r in zip(orders_t, rdp_t, strict=True):
         if a < 1:
             raise ConfigError(f"RDP order must be at least 1, got {a}")
         if math.isnan(r):
@@ -280,7 +282,7 @@ def rdp_to_epsilon(
 def compute_rdp_subsampled(
     alpha: int, q: float, eps: Callable[[int], float], upper_bound: bool = True
 ) -> float:
-    """RDP at integer order ``alpha`` of a mechanism with RDP curve ``eps``, Poisson-subsampled at ``q``.
+    """RDP at integer order ``alpha`` of mechanism ``eps`` (RDP curve), Poisson-subsampled at ``q``.
 
     Zhu & Wang, ICML 2019 (http://proceedings.mlr.press/v97/zhu19c/zhu19c.pdf); ``upper_bound=True``
     uses the general upper bound (Thm. 5 there), ``False`` the tighter bound of Thm. 6 that needs
@@ -335,9 +337,10 @@ def rounded_l2_norm_bound(l2_norm_bound: float, beta: float, dim: int) -> float:
     """L2 norm bound after (conditional) randomized rounding to the integer grid.
 
     Kairouz, Liu & Steinke 2021, Thm. 1 / Prop. 22: with ``beta = 0`` the deterministic
-    ``c + sqrt(d)``; with ``beta > 0`` also ``sqrt(c^2 + d/4 + sqrt(2 log(1/beta)) (c + sqrt(d)/2))``,
-    which unconditional rounding exceeds with probability at most ``beta``. Input ``c`` is already
-    scaled. Reproduces ``rounded_l2_norm_bound`` of ``accounting_utils.py``.
+    ``c + sqrt(d)``; with ``beta > 0`` also
+    ``sqrt(c^2 + d/4 + sqrt(2 log(1/beta)) (c + sqrt(d)/2))``, which unconditional rounding
+    exceeds with probability at most ``beta``. Input ``c`` is already scaled. Reproduces
+    ``rounded_l2_norm_bound`` of ``accounting_utils.py``.
     """
     if int(dim) != dim or dim <= 0:
         raise ConfigError(f"invalid dimension: {dim}")
@@ -349,7 +352,9 @@ def rounded_l2_norm_bound(l2_norm_bound: float, beta: float, dim: int) -> float:
     if beta == 0:
         return bound_1
     squared_bound_2 = l2_norm_bound**2 + 0.25 * dim
-    squared_bound_2 += math.sqrt(2.0 * math.log(1.0 / beta)) * (l2_norm_bound + 0.5 * math.sqrt(dim))
+    squared_bound_2 += math.sqrt(2.0 * math.log(1.0 / beta)) * (
+        l2_norm_bound + 0.5 * math.sqrt(dim)
+    )
     return min(bound_1, math.sqrt(squared_bound_2))
 
 
@@ -380,9 +385,9 @@ def compute_rdp_dgaussian(
 ) -> tuple[float, ...]:
     """RDP of the (sampled, distributed) discrete Gaussian, Prop. 14 / Eq. 17 of arXiv:2102.06387.
 
-    ``eps(a) = min(a/2 * l2s^2 + tau d,  a/2 (l2s^2 + 2 l1s tau + tau^2 d),  a/2 (l2s + sqrt(d) tau)^2)``
-    with ``l1s, l2s`` = sensitivity / stddev of the summed noise. Reproduces ``compute_rdp_dgaussian``
-    of ``accounting_utils.py`` (fractional orders use ``ceil``).
+    ``eps(a) = min(a/2 l2s^2 + tau d, a/2 (l2s^2 + 2 l1s tau + tau^2 d), a/2 (l2s + sqrt(d)tau)^2)``
+    with ``l1s, l2s`` = sensitivity / stddev of the summed noise. Reproduces
+    ``compute_rdp_dgaussian`` of ``accounting_utils.py`` (fractional orders use ``ceil``).
     """
 
     def eps(order: int) -> float:
@@ -416,7 +421,7 @@ def compute_rdp_distributed_discrete_gaussian(
     ``max_clients`` (default ``num_clients``) makes the bound hold for *any* number of contributing
     clients in ``[num_clients, max_clients]``: every term of Prop. 14 increases with the scales
     ``sensitivity / (sqrt(m) sigma)`` (largest at ``m = num_clients``) and with ``tau`` (largest at
-    ``m = max_clients``), so taking each at its worst is an upper bound for every ``m`` in the range.
+    ``m = max_clients``), so taking each at its worst bounds every ``m`` in the range.
     """
     if num_clients < 1 or int(num_clients) != num_clients:
         raise ConfigError(f"num_clients must be a positive integer, got {num_clients}")
@@ -545,7 +550,7 @@ def skellam_epsilon(
     rounding: bool = True,
     orders: Sequence[float] = DDG_ORDERS,
 ) -> tuple[float, float]:
-    """Epsilon of distributed Skellam via RDP; same signature as ``accounting_utils.skellam_epsilon``."""
+    """Epsilon of distributed Skellam via RDP (the signature of ``accounting_utils``'s)."""
     l1 = l1_sens or (l2_sens * math.sqrt(dim))
     l2 = l2_sens
     if rounding:

@@ -119,7 +119,7 @@ class SiteRecordLevelDP:
 
 @dataclass(frozen=True)
 class DistributedDPStatement:
-    """Site-level distributed DP of the aggregate (noise added by the sites under secure aggregation).
+    """Site-level distributed DP of the aggregate (sites add the noise under secure aggregation).
 
     ``noise_stddev_total`` is the stddev of the summed noise (unscaled domain) that is guaranteed as
     long as at least ``min_clients`` sites contribute.
@@ -180,7 +180,8 @@ def _exact_keys(cls: type, d: Any) -> None:
     got = set(d)
     if got != want:
         raise ConfigError(
-            f"{cls.__name__}: missing fields {sorted(want - got)}, unknown fields {sorted(got - want)}"
+            f"{cls.__name__}: missing fields {sorted(want - got)}, "
+            f"unknown fields {sorted(got - want)}"
         )
 
 
@@ -229,7 +230,7 @@ class PrivacyReport:
 
     @property
     def max_record_level_epsilon(self) -> float | None:
-        """Largest cumulative record-level epsilon over the sites, or None without record-level DP."""
+        """Largest cumulative record-level epsilon over the sites (None without record-level DP)."""
         if not self.record_level:
             return None
         return max(r.epsilon_cumulative for r in self.record_level)
@@ -249,7 +250,11 @@ class PrivacyReport:
     def to_json(self) -> str:
         """Deterministic JSON: sorted keys, no whitespace variation, no NaN/Infinity tokens."""
         return json.dumps(
-            self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+            self.to_dict(),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            allow_nan=False,
         )
 
     @classmethod
@@ -319,7 +324,7 @@ def render_table(reports: Iterable[PrivacyReport]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []
     for k, row in enumerate(rows):
-        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n"

@@ -13,11 +13,14 @@ Construction::
 Word ``w`` lives in block ``w // 4``, so any slice is addressable without generating the prefix
 (``fill_mask(seed, out, start_word)``), which lets masks be produced chunk by chunk.
 
-Choice of cipher, measured on the development machine (2 cores, OpenSSL via cryptography 46,
-in-place CTR on a 64 MiB buffer, best of 8): AES-128-CTR 8.6 GB/s, AES-256-CTR 7.3-7.4 GB/s
-(85 % of AES-128, above the 75 % bar, so the whole 32-byte seed is the key and no key-folding step
-is needed), ChaCha20 3.8 GB/s. ``fill_mask`` itself (1 MiB zero source -> caller's buffer) runs at
-about 7.3-8.0 GB/s per core for large outputs.
+Choice of cipher, measured on the development machine (2 shared cores, OpenSSL via
+cryptography 50, in-place CTR over a 64 MiB buffer, best of 8): AES-128-CTR 8.6 GB/s, AES-256-CTR
+7.3-7.4 GB/s, i.e. 85 % of AES-128 -- above the 75 % bar, so the whole 32-byte seed is the AES-256
+key and no key-folding step is needed; ChaCha20 3.8 GB/s.
+
+``fill_mask`` itself runs at 7.7-7.9 GB/s per core (best of 7, 1 MiB and 64 MiB outputs into a
+reused buffer). ``expand_mask`` into a freshly allocated 64 MiB array measures ~3 GB/s because the
+kernel's first-touch page faults dominate: on the hot path, reuse a buffer with ``fill_mask``.
 
 Stochastic rounding randomness comes from :func:`uniform_floats`, which uses a *different* AES key
 derived from the seed (BLAKE2b, person ``secagg-uniform``), so even if a caller reused a mask seed

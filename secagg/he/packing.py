@@ -73,7 +73,7 @@ Update = npt.ArrayLike | Mapping[str, npt.ArrayLike]
 """A flat float vector, or a mapping of names to float arrays."""
 
 
-def _checksum(*parts: bytes) -> bytes:
+def _checksum(*parts: bytes | memoryview) -> bytes:
     h = hashlib.blake2b(digest_size=_CHECKSUM_SIZE)
     for p in parts:
         h.update(p)
@@ -256,7 +256,7 @@ class Layout:
             HEError: the bytes are malformed or describe an invalid layout.
         """
         reader = _Reader(memoryview(data).cast("B"), "layout")
-        if reader.take(reader.u64()) != _LAYOUT_LABEL:
+        if bytes(reader.take(reader.u64())) != _LAYOUT_LABEL:
             raise HEError("layout: unknown encoding label")
         named, slots, count = reader.unpack(">BQQ")
         if named not in (0, 1) or count > len(data):
@@ -368,7 +368,7 @@ def encode_chunk(header: ChunkHeader, payload: bytes) -> bytes:
 
 
 def parse_chunk(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     *,
     kind: int,
     params: CkksParameters,
@@ -533,7 +533,9 @@ class ParsedSum:
     chunks: tuple[memoryview, ...]
 
 
-def parse_sum(data: bytes, *, params: CkksParameters, key_id: bytes) -> ParsedSum:
+def parse_sum(
+    data: bytes | bytearray | memoryview, *, params: CkksParameters, key_id: bytes
+) -> ParsedSum:
     """Check an encrypted-sum container's framing and split it into its chunks.
 
     Raises:
