@@ -358,12 +358,20 @@ class ClientSession:
     # --- helpers --------------------------------------------------------------------------
 
     def _check_consistency_signatures(self, msg: UnmaskRequest) -> None:
+        """Require t valid signatures over the survivor set from this client's neighbourhood.
+
+        In the full graph that is Bonawitz et al.'s check; in a sparse graph the neighbourhood is
+        where this client's shares live. Verification stops after t valid signatures, but any
+        invalid signature met on the way aborts: an honest server only forwards valid ones.
+        """
         cfg = self.config
         payload = survivors_payload(msg.survivors)
         valid = 0
         for signer, signature in msg.consistency_signatures:
             if signer not in msg.survivors:
                 raise MaliciousServerError(f"consistency signature from non-survivor {signer}")
+            if signer not in self._holders:
+                continue
             context = signing_context(
                 Stage.CONSISTENCY_CHECK, cfg.round_id, cfg.digest, self._session_id, signer
             )
@@ -374,10 +382,12 @@ class ClientSession:
                     f"the consistency signature of party {signer} does not verify"
                 ) from exc
             valid += 1
-        if valid < cfg.threshold:
-            raise MaliciousServerError(
-                f"only {valid} valid consistency signatures, threshold is {cfg.threshold}"
-            )
+            if valid == cfg.threshold:
+                return
+        raise MaliciousServerError(
+            f"only {valid} valid consistency signatures from this client's neighbourhood, "
+            f"threshold is {cfg.threshold}"
+        )
 
     def _check_session(self, session_id: bytes) -> None:
         if session_id != self._session_id:

@@ -101,4 +101,12 @@ class RoundConfig:
 
     def holders(self, party: int) -> frozenset[int]:
         """The parties that hold shares of ``party``'s secrets: its neighbours and itself."""
-        return self.graph.neighbours(party) | {party}
+        cache = self._holders_cache
+        found = cache.get(party)
+        if found is None:
+            found = cache[party] = self.graph.neighbours(party) | {party}
+        return found
+
+    @cached_property
+    def _holders_cache(self) -> dict[int, frozenset[int]]:
+        return {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -94,8 +95,14 @@ def compute_session_id(config_digest: bytes, advertisements: Iterable[AdvertiseK
     Clients that saw different rosters, keys or configs (model-inconsistency attacks) end up with
     different session ids and so can never complete one round together.
     """
+    return _session_id(config_digest, tuple(sorted(advertisements, key=lambda a: a.sender)))
+
+
+@functools.lru_cache(maxsize=8)
+def _session_id(config_digest: bytes, advertisements: tuple[AdvertiseKeys, ...]) -> bytes:
+    # Cached on the (immutable) inputs: in-process simulations hand one roster to every client.
     parts: list[bytes | int | str] = ["session-id", config_digest]
-    for ad in sorted(advertisements, key=lambda a: a.sender):
+    for ad in advertisements:
         parts += [ad.sender, ad.cipher_public_key, ad.mask_public_key]
     return transcript_digest(*parts)
 

@@ -86,6 +86,7 @@ class ServerSession:
         self._share_messages: dict[int, ShareKeys] = {}
         self._consistency: dict[int, bytes] = {}
         self._survivors: tuple[int, ...] = ()
+        self._survivor_set: frozenset[int] = frozenset()
         self._dropped: tuple[int, ...] = ()
         self._seed_shares: dict[int, dict[int, bytes]] = {}  # owner -> holder -> share
         self._key_shares: dict[int, dict[int, bytes]] = {}
@@ -234,17 +235,16 @@ class ServerSession:
             if message.survivors != self._survivors:
                 raise MalformedMessage("the signed survivor set is not the one the server sent")
         elif isinstance(message, UnmaskShares):
-            survivors, dropped = set(self._survivors), set(self._dropped)
-            for owner, _ in message.self_mask_shares:
-                if owner not in survivors or message.sender not in self._holders_in_u2(owner):
-                    raise MalformedMessage(
-                        f"party {message.sender} cannot hold a self-mask share of party {owner}"
-                    )
-            for owner, _ in message.mask_key_shares:
-                if owner not in dropped or message.sender not in self._holders_in_u2(owner):
-                    raise MalformedMessage(
-                        f"party {message.sender} cannot hold a mask-key share of party {owner}"
-                    )
+            survivors, dropped = self._survivor_set, set(self._dropped)
+            for owners, allowed, what in (
+                (message.self_mask_shares, survivors, "self-mask"),
+                (message.mask_key_shares, dropped, "mask-key"),
+            ):
+                for owner, _ in owners:
+                    if owner not in allowed or message.sender not in cfg.holders(owner):
+                        raise MalformedMessage(
+                            f"party {message.sender} cannot hold a {what} share of party {owner}"
+                        )
 
     def _accept(self, message: ClientMessage) -> None:
         if isinstance(message, AdvertiseKeys):
@@ -262,9 +262,6 @@ class ServerSession:
                 self._seed_shares.setdefault(owner, {})[message.sender] = share
             for owner, share in message.mask_key_shares:
                 self._key_shares.setdefault(owner, {})[message.sender] = share
-
-    def _holders_in_u2(self, owner: int) -> frozenset[int]:
-        return self.config.holders(owner) & frozenset(self._senders[Stage.SHARE_KEYS])
 
     def _close(self, stage: Stage) -> dict[int, ServerMessage]:
         cfg = self.config
@@ -287,6 +284,7 @@ class ServerSession:
             }
         if stage is Stage.MASKED_INPUT:
             self._survivors = tuple(sorted(self._senders[Stage.MASKED_INPUT]))
+            self._survivor_set = frozenset(self._survivors)
             self._dropped = tuple(
                 sorted(self._senders[Stage.SHARE_KEYS] - self._senders[Stage.MASKED_INPUT])
             )
@@ -303,9 +301,9 @@ class ServerSession:
 
     def _unmask(self) -> None:
         cfg = self.config
-        survivors = self._survivors
+        survivors, alive = self._survivors, self._survivor_set
         # Only dropped parties with a surviving neighbour left masks in the sum.
-        dropped = [v for v in self._dropped if cfg.graph.neighbours(v) & set(survivors)]
+        dropped = [v for v in self._dropped if cfg.graph.neighbours(v) & alive]
         seeds = self._reconstruct(survivors, self._seed_shares, "self-mask seed")
         keys = self._reconstruct(dropped, self._key_shares, "mask key")
 
@@ -318,7 +316,7 @@ class ServerSession:
                     Stage.UNMASK.value,
                     f"the shares of party {v}'s mask key are inconsistent with its public key",
                 )
-            for w in sorted(cfg.graph.neighbours(v) & set(survivors)):
+            for w in sorted(cfg.graph.neighbours(v) & alive):
                 secret = exchange(private, self._advertisements[w].mask_public_key)
                 seed = pairwise_seed(
                     secret, round_id=cfg.round_id, session_id=self._session_id, a=v, b=w

@@ -1,4 +1,4 @@
-"""The RDP maths against independent references (Google's dp_accounting, Opacus) and pinned values."""
+"""RDP maths against independent references (Google's dp_accounting, Opacus), pinned values."""
 
 from __future__ import annotations
 
@@ -131,7 +131,9 @@ def _reference_ddgauss_epsilon(gamma, local_stddev, n, l2, beta, dim, steps, del
     scale = 1.0 / (gamma + 1e-22)
     l2 = l2 * scale
     b1 = l2 + math.sqrt(dim)
-    b2 = math.sqrt(l2**2 + 0.25 * dim + math.sqrt(2 * math.log(1 / beta)) * (l2 + 0.5 * math.sqrt(dim)))
+    b2 = math.sqrt(
+        l2**2 + 0.25 * dim + math.sqrt(2 * math.log(1 / beta)) * (l2 + 0.5 * math.sqrt(dim))
+    )
     l2 = min(b1, b2) / scale
     l1 = l2 * scale * min(math.sqrt(dim), l2 * scale) / scale
     tau = 10 * sum(
@@ -156,9 +158,7 @@ def _reference_ddgauss_epsilon(gamma, local_stddev, n, l2, beta, dim, steps, del
     [(1e-3, 0.3, 10, 1024), (0.05, 0.2, 100, 4096), (0.5, 0.9, 20, 64), (0.01, 0.01, 50, 128)],
 )
 def test_ddgauss_epsilon_reproduces_accounting_utils(gamma, local_stddev, n, dim) -> None:
-    ours, _ = rdp.ddgauss_epsilon(
-        gamma, local_stddev, n, 1.0, math.exp(-0.5), dim, 1.0, 3, 1e-5
-    )
+    ours, _ = rdp.ddgauss_epsilon(gamma, local_stddev, n, 1.0, math.exp(-0.5), dim, 1.0, 3, 1e-5)
     assert ours == pytest.approx(
         _reference_ddgauss_epsilon(gamma, local_stddev, n, 1.0, math.exp(-0.5), dim, 3, 1e-5),
         rel=1e-9,
@@ -167,7 +167,9 @@ def test_ddgauss_epsilon_reproduces_accounting_utils(gamma, local_stddev, n, dim
 
 def test_ddgauss_tends_to_the_central_gaussian_at_fine_granularity() -> None:
     eps, _ = rdp.ddgauss_epsilon(1e-7, 1 / math.sqrt(10), 10, 1.0, 0.0, 100, 1.0, 1, 1e-5)
-    central = rdp.rdp_to_epsilon(rdp.DDG_ORDERS, rdp.compute_rdp_gaussian(1.0, 1, rdp.DDG_ORDERS), 1e-5)
+    central = rdp.rdp_to_epsilon(
+        rdp.DDG_ORDERS, rdp.compute_rdp_gaussian(1.0, 1, rdp.DDG_ORDERS), 1e-5
+    )
     assert central[0] <= eps <= central[0] * 1.001
 
 
@@ -206,7 +208,9 @@ def test_skellam_rdp_reproduces_accounting_utils_formula() -> None:
 
 def test_skellam_tends_to_the_central_gaussian_at_large_scale() -> None:
     eps, _ = rdp.skellam_epsilon(1e6, 1.0, 1.0, 0.0, 100, 1.0, 1, 1e-5)
-    central = rdp.rdp_to_epsilon(rdp.DDG_ORDERS, rdp.compute_rdp_gaussian(1.0, 1, rdp.DDG_ORDERS), 1e-5)
+    central = rdp.rdp_to_epsilon(
+        rdp.DDG_ORDERS, rdp.compute_rdp_gaussian(1.0, 1, rdp.DDG_ORDERS), 1e-5
+    )
     assert central[0] <= eps <= central[0] * 1.001
 
 
@@ -215,9 +219,10 @@ def test_subsampling_only_helps_the_distributed_mechanisms() -> None:
     full = rdp.compute_rdp_distributed_discrete_gaussian(**kw)
     sampled = rdp.compute_rdp_distributed_discrete_gaussian(q=0.1, **kw)
     assert all(s <= f for s, f in zip(sampled, full, strict=True))
-    assert rdp.rdp_to_epsilon(rdp.DEFAULT_ORDERS, sampled, 1e-5)[0] < rdp.rdp_to_epsilon(
-        rdp.DEFAULT_ORDERS, full, 1e-5
-    )[0]
+    assert (
+        rdp.rdp_to_epsilon(rdp.DEFAULT_ORDERS, sampled, 1e-5)[0]
+        < rdp.rdp_to_epsilon(rdp.DEFAULT_ORDERS, full, 1e-5)[0]
+    )
 
 
 def test_zhu_wang_subsampled_rdp_of_the_gaussian_upper_bounds_the_exact_value() -> None:
