@@ -1,8 +1,9 @@
-"""Command-line entry points (wiring only): ``secagg demo``."""
+"""The ``secagg`` command line: wiring only. Each subcommand lives in :mod:`secagg.commands`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -10,38 +11,29 @@ from secagg.errors import SecAggError
 
 __all__ = ["main"]
 
+# Each module defines ``register(subparsers)``, which adds its parser and sets ``handler``.
+COMMAND_MODULES = ("secagg.commands.demo",)
 
-def _build_parser() -> argparse.ArgumentParser:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="secagg", description="Privacy-hardened secure aggregation for federated learning."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="run the main demo: an aggregator and simulated hospitals")
-    demo.add_argument("--clients", type=int, default=10, help="number of simulated hospitals")
-    demo.add_argument("--length", type=int, default=100_000, help="update length (parameters)")
-    demo.add_argument(
-        "--degree", type=int, default=None, help="SecAgg+ graph degree (default: full)"
-    )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated updates")
-    demo.set_defaults(handler=_run_demo)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
-def _run_demo(args: argparse.Namespace) -> int:
-    from secagg.demo import run_masking_demo
-
-    run_masking_demo(n_clients=args.clients, length=args.length, degree=args.degree, seed=args.seed)
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except SecAggError as exc:
         print(f"secagg: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
