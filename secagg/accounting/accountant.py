@@ -52,7 +52,9 @@ class AccountantStep:
         return {"mechanism": self.mechanism, "params": dict(self.params), "steps": self.steps}
 
 
-def _rdp_of(mechanism: str, params: Mapping[str, float], steps: int, orders: Sequence[float]):
+def _rdp_of(
+    mechanism: str, params: Mapping[str, float], steps: int, orders: Sequence[float]
+) -> tuple[float, ...]:
     if mechanism == "gaussian":
         return _rdp.compute_rdp_gaussian(params["noise_multiplier"], steps, orders)
     if mechanism == "sampled_gaussian":
