@@ -43,7 +43,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 
 from secagg.errors import ConfigError
 
-__all__ = ["SEED_BYTES", "expand_mask", "fill_mask", "random_seed", "uniform_floats"]
+__all__ = [
+    "SEED_BYTES",
+    "MaskStream",
+    "expand_mask",
+    "fill_mask",
+    "random_seed",
+    "uniform_floats",
+]
 
 SEED_BYTES = 32
 _BLOCK_BYTES = 16
@@ -145,6 +152,68 @@ def fill_mask(seed: bytes, out: npt.NDArray[np.uint32], start_word: int = 0) -> 
     _keystream_into(seed, memoryview(flat).cast("B"), start * _WORD_BYTES)
     if not _LITTLE_ENDIAN:
         out.byteswap(inplace=True)
+
+
+class MaskStream:
+    """The keystream of one seed, read forward chunk after chunk with one AES key schedule.
+
+    ``MaskStream(seed, start_word).fill(out)`` writes the next ``out.size`` words and advances, so
+    successive fills equal one :func:`fill_mask` over the concatenated range. It exists for the
+    chunked mask loops, which call it thousands of times per round: it keeps one OpenSSL context
+    (no re-keying, no argument checks per chunk) and ``fill_into_bytes`` takes a raw byte view.
+    ``cryptography`` releases the GIL inside ``update_into``, so streams of different seeds can be
+    advanced from different threads (one stream must not be shared between threads).
+
+    The stream holds the seed's expanded key; it cannot be pickled or copied.
+    """
+
+    __slots__ = ("_enc", "_position")
+
+    def __init__(self, seed: bytes, start_word: int = 0) -> None:
+        _check_seed(seed)
+        start = _check_start(start_word)
+        if start // _WORDS_PER_BLOCK >= _COUNTER_LIMIT:
+            raise ConfigError("start_word exceeds the 128-bit block counter")
+        block, skip = divmod(start, _WORDS_PER_BLOCK)
+        self._enc = _encryptor(seed, block)
+        if skip:
+            scratch = bytearray(_BLOCK_BYTES)
+            self._enc.update_into(_ZEROS[: skip * _WORD_BYTES], scratch)
+        self._position = start
+
+    @property
+    def position(self) -> int:
+        """The index of the next word this stream will produce."""
+        return self._position
+
+    def fill(self, out: npt.NDArray[np.uint32]) -> None:
+        """Write the next ``out.size`` words into ``out`` (C-contiguous, writeable uint32)."""
+        _check_out(out, np.uint32)
+        if out.size == 0:
+            return
+        flat: Any = out.reshape(-1)
+        self.fill_into_bytes(memoryview(flat).cast("B"))
+        if not _LITTLE_ENDIAN:
+            out.byteswap(inplace=True)
+
+    def fill_into_bytes(self, out: memoryview) -> None:
+        """Hot path: write the next ``len(out) // 4`` words as little-endian bytes into ``out``.
+
+        ``out`` is a writeable byte memoryview whose length is a multiple of 4; no further checks.
+        """
+        n = len(out)
+        pos = 0
+        while pos < n:
+            step = min(_CHUNK_BYTES, n - pos)
+            self._enc.update_into(_ZEROS[:step], out[pos : pos + step])
+            pos += step
+        self._position += n // _WORD_BYTES
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a MaskStream holds key material and cannot be pickled")
+
+    def __repr__(self) -> str:
+        return f"MaskStream(position={self._position})"
 
 
 def expand_mask(seed: bytes, length: int, start_word: int = 0) -> npt.NDArray[np.uint32]:
