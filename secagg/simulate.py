@@ -93,21 +93,28 @@ def default_threshold(n: int, degree: int | None = None) -> int:
 
 @dataclass(frozen=True, eq=False)
 class SimulationResult:
-    """A completed simulated round: the decoded float sum over the survivors, and the details."""
+    """A completed simulated round: the decoded float sum over the survivors, and the details.
+
+    With weights, ``aggregate`` is sum(w_i * clip(x_i)) and ``total_weight`` is sum(w_i), both
+    summed securely: the server learns only the total weight, never a party's weight.
+    """
 
     aggregate: npt.NDArray[np.float64]
     survivors: tuple[int, ...]
     encoding: FixedPointEncoding
     round: AggregateResult
+    total_weight: float
 
     @property
     def mean(self) -> npt.NDArray[np.float64]:
-        return self.aggregate / len(self.survivors)
+        """The (weighted) average over the survivors: FedAvg's aggregate."""
+        return self.aggregate / self.total_weight
 
 
 def simulate(
     inputs: Sequence[npt.ArrayLike] | Mapping[int, npt.ArrayLike],
     *,
+    weights: Sequence[float] | Mapping[int, float] | None = None,
     clip: float = 1.0,
     bits: int = 32,
     threshold: int | None = None,
@@ -120,6 +127,8 @@ def simulate(
 
     ``inputs`` is a sequence (parties 1..n) or a mapping party -> vector. Each vector is clipped to
     ``[-clip, clip]`` and encoded at the finest scale that cannot overflow for n clients.
+    ``weights`` (each in [0, 1], e.g. a site's example count over the largest site's) turn the sum
+    into sum(w_i x_i) with sum(w_i) summed beside it, for a weighted average (FedAvg).
     ``degree=None`` runs full-graph SecAgg; an even ``degree`` runs SecAgg+ on a random
     ``degree``-regular neighbour graph.
     """
@@ -129,6 +138,18 @@ def simulate(
     if len(lengths) != 1:
         raise ConfigError(f"all inputs must have the same length, got {sorted(lengths)}")
     n, m = len(vectors), lengths.pop()
+    if weights is not None:
+        by_weight = dict(weights) if isinstance(weights, Mapping) else dict(enumerate(weights, 1))
+        if by_weight.keys() != vectors.keys():
+            raise ConfigError("weights must be given for exactly the parties with inputs")
+        if not all(0.0 <= w <= 1.0 for w in by_weight.values()):
+            raise ConfigError("weights must lie in [0, 1]; divide by the largest weight")
+        # The weight rides as one extra coordinate; w * clip(x) stays within [-clip, clip].
+        vectors = {
+            p: np.append(by_weight[p] * np.clip(v, -clip, clip), by_weight[p] * clip)
+            for p, v in vectors.items()
+        }
+        m += 1
     encoding = FixedPointEncoding.for_clients(clip=clip, max_clients=n, bits=bits)
     identities = {p: IdentityKey.generate() for p in vectors}
     config = RoundConfig(
@@ -142,9 +163,15 @@ def simulate(
     )
     encoded = {p: encoding.encode(v, uniform_floats(random_seed(), m)) for p, v in vectors.items()}
     result = run_round(config, identities, encoded, dropouts=dropouts)
+    total = encoding.decode_sum(result.total, len(result.survivors))
+    if weights is not None:
+        total, total_weight = total[:-1], float(total[-1]) / clip
+    else:
+        total_weight = float(len(result.survivors))
     return SimulationResult(
-        aggregate=encoding.decode_sum(result.total, len(result.survivors)),
+        aggregate=total,
         survivors=result.survivors,
         encoding=encoding,
         round=result,
+        total_weight=total_weight,
     )

@@ -111,3 +111,20 @@ def test_encoding_never_admits_a_configuration_that_can_overflow(n, clip, bits):
         assert n * 2 >= 2 ** (bits - 1) - 1
         return
     assert n * enc.max_abs_quantised < 2 ** (bits - 1)
+
+
+@given(st.integers(2, 12), st.integers(1, 30), st.integers(0, 2**32 - 1))
+def test_weighted_round_gives_the_weighted_average_of_the_survivors(n, m, seed):
+    rng = np.random.default_rng(seed)
+    inputs = rng.uniform(-1, 1, size=(n, m))
+    weights = rng.uniform(0, 1, size=n)
+    drop = {n} if n > 3 else set()
+    out = simulate(
+        list(inputs), weights=list(weights), threshold=2, dropouts={Stage.MASKED_INPUT: drop}
+    )
+    alive = [p - 1 for p in out.survivors]
+    expected_weight = weights[alive].sum()
+    # The weight coordinate is encoded like any other: off by at most n / scale.
+    assert abs(out.total_weight - expected_weight) <= n * out.encoding.resolution
+    expected = (weights[alive, None] * inputs[alive]).sum(axis=0)
+    assert np.max(np.abs(out.aggregate - expected)) <= n * out.encoding.resolution
