@@ -12,7 +12,13 @@ from secagg.errors import SecAggError
 __all__ = ["main"]
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``handler``.
-COMMAND_MODULES = ("secagg.commands.demo",)
+COMMAND_MODULES = (
+    "secagg.commands.demo",
+    "secagg.commands.report",
+    "secagg.commands.audit",
+    "secagg.commands.serve",
+    "secagg.commands.keys",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -202,6 +202,10 @@ class MaskStream:
         ``out`` is a writeable byte memoryview whose length is a multiple of 4; no further checks.
         """
         n = len(out)
+        if n <= _CHUNK_BYTES:
+            self._enc.update_into(_ZEROS[:n], out)
+            self._position += n // _WORD_BYTES
+            return
         pos = 0
         while pos < n:
             step = min(_CHUNK_BYTES, n - pos)

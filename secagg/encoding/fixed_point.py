@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.errors import ConfigError, OverflowRiskError
+from secagg.kernels import stochastic_round
 
 __all__ = ["MAX_BITS", "FixedPointEncoding"]
 
@@ -103,9 +104,17 @@ class FixedPointEncoding:
     def encode(
         self, values: npt.ArrayLike, uniforms: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.uint32]:
-        """Encode floats as elements of Z_(2^bits), stored in uint32 words."""
-        q = self.quantise(values, uniforms)
-        return (q.astype(np.uint32) & self.word_mask).astype(np.uint32, copy=False)
+        """Encode floats as elements of Z_(2^bits), stored in uint32 words.
+
+        Equal to ``quantise(values, uniforms) & word_mask``, computed in one compiled pass.
+        """
+        x = np.ascontiguousarray(np.asarray(values, dtype=np.float64).ravel())
+        u = np.ascontiguousarray(uniforms, dtype=np.float64)
+        if x.shape != u.shape:
+            raise ConfigError(f"need one uniform per value: {x.shape} vs {u.shape}")
+        if not np.isfinite(x).all():
+            raise ConfigError("input contains NaN or infinity")
+        return stochastic_round(x, u, self.clip, self.scale, int(self.word_mask))
 
     def decode_sum(self, total: npt.NDArray[np.uint32], n_inputs: int) -> npt.NDArray[np.float64]:
         """Decode the modular sum of ``n_inputs`` encodings back to floats."""

@@ -340,6 +340,8 @@ class ClientSession:
         self_mask_shares: list[tuple[int, bytes]] = []
         mask_key_shares: list[tuple[int, bytes]] = []
         for owner in sorted(self._held_shares):
+            if owner == self.party and not self._reveals_own_seed_share():
+                continue
             seed_share, key_share = self._held_shares[owner]
             if owner in survivors:  # alive: its self mask must go, its pairwise masks cancel
                 self_mask_shares.append((owner, seed_share))
@@ -388,6 +390,22 @@ class ClientSession:
             f"only {valid} valid consistency signatures from this client's neighbourhood, "
             f"threshold is {cfg.threshold}"
         )
+
+    def _reveals_own_seed_share(self) -> bool:
+        """Whether this client sends the server its own share of its own self-mask seed.
+
+        In a sparse (SecAgg+) graph it does so only when the threshold needs every holder
+        (t = k + 1). Otherwise a semi-malicious server that shows this client's k neighbours
+        different survivor sets gets, besides the X corrupt neighbours' shares, this client's own
+        seed share on top of the honest neighbours' split: it would need only X >= 2t - k - 1
+        corrupt neighbours to rebuild both the self-mask seed and the mask key, one fewer than the
+        X >= 2t - k that :func:`secagg.protocol.params.choose_parameters` makes negligible. Without
+        the own share the attack needs X >= 2t - k again, and correctness needs t surviving
+        neighbours, which is what the parameter finder's correctness bound already assumes.
+        The full graph keeps the own share: its rule 2t > n + n_C counts every party as a holder.
+        """
+        graph = self.config.graph
+        return graph.is_full or self.config.threshold > graph.degree
 
     def _check_session(self, session_id: bytes) -> None:
         if session_id != self._session_id:

@@ -2,8 +2,12 @@
 
 Client u sends y_u = x_u + PRG(b_u) + sum_{v in N(u) ∩ U2} sign(u, v) * PRG(s_uv) mod 2^b, where
 sign(u, v) = +1 if u < v else -1, so each pairwise mask cancels in the sum of two live neighbours.
-Masks are expanded chunk by chunk into a small scratch buffer and added at once (no full-length
-temporary per peer); see :mod:`secagg.kernels` for the compiled accumulate step.
+Masks are expanded chunk by chunk (64 KiB per seed, one AES key schedule per seed and thread) into
+a small scratch matrix and combined in cache by a compiled kernel, on every usable core: no
+full-length temporary per peer exists on either side. See :func:`secagg.kernels.add_masks`.
+
+The server's unmask step regenerates only what the sum still contains: the self masks of the
+survivors and, for each dropped party, its pairwise masks with its *surviving* neighbours.
 """
 
 from __future__ import annotations

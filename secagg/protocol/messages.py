@@ -27,6 +27,7 @@ from secagg.crypto import (
     lp_encode,
     transcript_digest,
 )
+from secagg.crypto.aead import OVERHEAD_BYTES as AEAD_OVERHEAD_BYTES
 from secagg.errors import MalformedMessage
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SESSION_ID_BYTES = 32
+SHARE_CIPHERTEXT_BYTES = 2 * SHARE_BYTES + AEAD_OVERHEAD_BYTES
+"""An encrypted share pair (self-mask seed share || mask-key share) is exactly this long."""
 
 
 class Stage(enum.Enum):
@@ -222,7 +225,7 @@ class ShareKeys(_SignedClientMessage):
     def __post_init__(self) -> None:
         self._validate_common()
         _check_bytes("session_id", self.session_id, SESSION_ID_BYTES)
-        _check_pairs("encrypted_shares", self.encrypted_shares)
+        _check_pairs("encrypted_shares", self.encrypted_shares, SHARE_CIPHERTEXT_BYTES)
         _check_bytes("signature", self.signature, SIGNATURE_BYTES)
 
     def _session(self) -> bytes:
@@ -420,7 +423,7 @@ class ShareBundle:
     def __post_init__(self) -> None:
         _check_int("round_id", self.round_id)
         _check_bytes("session_id", self.session_id, SESSION_ID_BYTES)
-        _check_pairs("encrypted_shares", self.encrypted_shares)
+        _check_pairs("encrypted_shares", self.encrypted_shares, SHARE_CIPHERTEXT_BYTES)
 
 
 @dataclass(frozen=True)

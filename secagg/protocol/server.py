@@ -48,7 +48,7 @@ from secagg.protocol.messages import (
     compute_session_id,
 )
 
-__all__ = ["AggregateResult", "ServerSession"]
+__all__ = ["AggregateResult", "RoundTranscript", "ServerSession"]
 
 _MESSAGE_OF_STAGE: dict[Stage, type] = {
     Stage.ADVERTISE_KEYS: AdvertiseKeys,
@@ -69,6 +69,26 @@ class AggregateResult:
     survivors: tuple[int, ...]
     participants: Mapping[Stage, tuple[int, ...]] = field(repr=False)
     dropouts: Mapping[Stage, tuple[int, ...]] = field(repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class RoundTranscript:
+    """The public, signed facts of a round (finished or aborted), for audit records.
+
+    Everything here is either public (keys, who answered at which stage) or a signature a client
+    made; no share, seed or input is included.
+    """
+
+    round_id: int
+    session_id: bytes
+    stage: Stage
+    abort_stage: Stage | None
+    abort_reason: str | None
+    advertisements: tuple[AdvertiseKeys, ...]
+    participants: Mapping[Stage, tuple[int, ...]]
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    consistency_signatures: tuple[tuple[int, bytes], ...]
 
 
 class ServerSession:
@@ -116,6 +136,23 @@ class ServerSession:
         if self._result is None:
             raise LocalProtocolError(f"the round has no result (stage {self._stage.value})")
         return self._result
+
+    def transcript(self) -> RoundTranscript:
+        """The round's public, signed facts so far (see :class:`RoundTranscript`)."""
+        return RoundTranscript(
+            round_id=self.config.round_id,
+            session_id=self._session_id,
+            stage=self._stage,
+            abort_stage=self._abort_stage,
+            abort_reason=self._abort_reason,
+            advertisements=tuple(self._advertisements[p] for p in sorted(self._advertisements)),
+            participants=MappingProxyType(
+                {s: tuple(sorted(self._senders[s])) for s in ACTIVE_STAGES}
+            ),
+            survivors=self._survivors,
+            dropped=self._dropped,
+            consistency_signatures=tuple(sorted(self._consistency.items())),
+        )
 
     def participants(self, stage: Stage) -> frozenset[int]:
         """The parties whose message of ``stage`` was accepted so far."""

@@ -1,0 +1,1 @@
+"""Fuzz harness for secagg (hypothesis-based). Run ``python -m fuzz --minutes N``."""

@@ -1,0 +1,388 @@
+"""Client library of the secagg aggregator service.
+
+::
+
+    from secagg.client import AggregatorClient, load_identity
+
+    identity = load_identity("site1.key")
+    with AggregatorClient("aggregator.example.org:50051", identity,
+                          tls=TlsOptions(root_certificates=open("ca.crt", "rb").read())) as client:
+        result = client.participate(update)        # a float vector or {name: float array}
+        print(result.round_id, result.survivors, result.aggregate)
+
+``participate`` joins the round the aggregator has open, encodes the update with the round's
+encoding (clip, fixed point, stochastic rounding), runs every protocol stage and returns the
+decoded sum over the round's survivors. ``join`` + ``RoundHandle.submit`` do the same in two steps,
+so a client can see the round's parameters before computing its update.
+
+Errors: :class:`~secagg.errors.RoundAborted` when the round aborts (with its stage and reason),
+:class:`AggregatorError` (with the gRPC ``code``) when the aggregator rejects something,
+:class:`~secagg.errors.MaliciousServerError` & co. when the aggregator misbehaves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from secagg.crypto import IdentityKey, IdentityPublicKey
+from secagg.encoding import FixedPointEncoding
+from secagg.errors import ConfigError, RoundAborted
+from secagg.protocol import Stage
+from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
+from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
+from secagg.transport.client import ChunkEvent, EventHook, OpenRound, fetch_result
+from secagg.transport.errors import AggregatorError, error_from_status
+from secagg.transport.tls import TlsOptions, channel_credentials, is_loopback
+
+__all__ = [
+    "AggregatorClient",
+    "AggregatorError",
+    "ChunkEvent",
+    "RoundAborted",
+    "RoundHandle",
+    "RoundInfo",
+    "RoundResult",
+    "TlsOptions",
+    "load_identity",
+    "save_identity",
+]
+
+Update = npt.ArrayLike | Mapping[str, npt.ArrayLike]
+_KEY_HEADER = "# secagg Ed25519 identity key (secret: keep this file private)\n"
+
+
+# --- identity key files ---------------------------------------------------------------------------
+
+
+def save_identity(identity: IdentityKey, path: str | os.PathLike[str]) -> None:
+    """Write a private key file readable by its owner only (0600); refuse to overwrite one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(_KEY_HEADER + identity.private_bytes().hex() + "\n")
+
+
+def load_identity(path: str | os.PathLike[str]) -> IdentityKey:
+    """Read a key file written by ``secagg keys generate`` (refused if others can read it)."""
+    p = pathlib.Path(path)
+    mode = p.stat().st_mode
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{p} is accessible by other users; run: chmod 600 {p}")
+    lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and ln[0] != "#"]
+    try:
+        seed = bytes.fromhex(lines[0]) if len(lines) == 1 else b""
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise ConfigError(f"{p} is not a secagg identity key file")
+    return IdentityKey.from_private_bytes(seed)
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """The public parameters of the round a client joined."""
+
+    round_id: int
+    party: int
+    vector_length: int
+    threshold: int
+    degree: int | None
+    roster: Mapping[int, IdentityPublicKey] = field(repr=False)
+    encoding: FixedPointEncoding
+    deadlines: Mapping[str, float] = field(repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class RoundResult:
+    """The outcome of a completed round: the survivors and (if fetched) their sum."""
+
+    round_id: int
+    survivors: tuple[int, ...]
+    result_digest: bytes
+    encoding: FixedPointEncoding
+    total: npt.NDArray[np.uint32] | None = field(default=None, repr=False)
+    """The exact modular sum of the survivors' encoded inputs (None unless fetched)."""
+    layout: tuple[tuple[str, tuple[int, ...]], ...] | None = field(default=None, repr=False)
+
+    @property
+    def aggregate(self) -> npt.NDArray[np.float64]:
+        """The decoded sum of the survivors' (clipped) updates, as one float vector."""
+        if self.total is None:
+            raise ConfigError("the aggregate was not fetched (fetch_result=False)")
+        return self.encoding.decode_sum(self.total, len(self.survivors))
+
+    @property
+    def mean(self) -> npt.NDArray[np.float64]:
+        return self.aggregate / len(self.survivors)
+
+    def arrays(self, *, mean: bool = False) -> dict[str, npt.NDArray[np.float64]]:
+        """The aggregate split back into the named arrays that were submitted."""
+        if self.layout is None:
+            raise ConfigError("the update was a flat vector, not named arrays")
+        flat = self.mean if mean else self.aggregate
+        return _unflatten(flat, self.layout)
+
+
+def _flatten(
+    update: Update,
+) -> tuple[npt.NDArray[np.float64], tuple[tuple[str, tuple[int, ...]], ...] | None]:
+    if isinstance(update, Mapping):
+        names = sorted(update)
+        arrays = [np.asarray(update[n], dtype=np.float64) for n in names]
+        layout = tuple((n, tuple(a.shape)) for n, a in zip(names, arrays, strict=True))
+        flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.empty(0)
+        return flat, layout
+    return np.asarray(update, dtype=np.float64).ravel(), None
+
+
+def _unflatten(
+    flat: npt.NDArray[np.float64], layout: tuple[tuple[str, tuple[int, ...]], ...]
+) -> dict[str, npt.NDArray[np.float64]]:
+    out, lo = {}, 0
+    for name, shape in layout:
+        n = math.prod(shape)
+        out[name] = flat[lo : lo + n].reshape(shape)
+        lo += n
+    return out
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+class RoundHandle:
+    """A round this client has been welcomed into; call :meth:`submit` once."""
+
+    def __init__(self, client: AggregatorClient, opened: OpenRound) -> None:
+        self._client = client
+        self._open = opened
+        p = opened.params
+        self.info = RoundInfo(
+            round_id=p.config.round_id,
+            party=opened.party,
+            vector_length=p.config.vector_length,
+            threshold=p.config.threshold,
+            degree=p.config.degree,
+            roster=p.config.roster,
+            encoding=p.encoding,
+            deadlines={s.value: d for s, d in p.deadlines.items()},
+        )
+        self._used = False
+
+    def submit(
+        self,
+        update: Update,
+        *,
+        fetch_result: bool = True,
+        rounding_seed: bytes | None = None,
+    ) -> RoundResult:
+        """Encode, mask and send ``update``; wait for the round's end; return its result.
+
+        ``rounding_seed`` (32 bytes) makes the stochastic rounding reproducible (tests); by
+        default it is fresh randomness.
+        """
+        if self._used:
+            raise ConfigError("a round accepts one update per client")
+        self._used = True
+        flat, layout = _flatten(update)
+        try:
+            encoded = self._open.encode(flat, rounding_seed)
+        except BaseException:
+            self._open.cancel()
+            raise
+        outcome = self._open.run(encoded, chunk_bytes=self._client.chunk_bytes)
+        del encoded
+        if outcome.status != pb.ROUND_STATUS_COMPLETED:
+            raise RoundAborted(outcome.abort_stage or "unknown", outcome.abort_reason)
+        result = RoundResult(
+            round_id=int(outcome.round_id),
+            survivors=tuple(outcome.survivors),
+            result_digest=bytes(outcome.result_digest),
+            encoding=self.info.encoding,
+            layout=layout,
+        )
+        if fetch_result:
+            fetched = self._client.get_result(result.round_id, expected_digest=result.result_digest)
+            result = RoundResult(
+                round_id=result.round_id,
+                survivors=result.survivors,
+                result_digest=result.result_digest,
+                encoding=result.encoding,
+                total=fetched.total,
+                layout=layout,
+            )
+        return result
+
+    def cancel(self) -> None:
+        """Leave the round (the aggregator counts this client as a dropout)."""
+        self._open.cancel()
+
+
+class AggregatorClient:
+    """A connection to one aggregator, authenticated by this site's roster identity key.
+
+    Plaintext is only allowed to a loopback address unless ``insecure=True``; otherwise pass
+    ``tls`` (``TlsOptions(root_certificates=...)``, plus ``certificate_chain``/``private_key``
+    for mutual TLS).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        identity: IdentityKey,
+        *,
+        tls: TlsOptions | None = None,
+        insecure: bool = False,
+        timeout: float | None = 3600.0,
+        chunk_bytes: int = 1 << 20,
+        options: tuple[tuple[str, Any], ...] = (),
+    ) -> None:
+        if not isinstance(identity, IdentityKey):
+            raise ConfigError("identity must be an IdentityKey (see load_identity)")
+        if chunk_bytes < 32:
+            raise ConfigError("chunk_bytes must be at least 32")
+        opts: list[tuple[str, Any]] = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            *options,
+        ]
+        if tls is not None:
+            if tls.server_name_override:
+                opts.append(("grpc.ssl_target_name_override", tls.server_name_override))
+            self._channel = grpc.secure_channel(target, channel_credentials(tls), options=opts)
+        elif is_loopback(target) or insecure:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        else:
+            raise ConfigError(
+                f"refusing a plaintext connection to {target}: pass tls=TlsOptions(...) or, "
+                "if you really mean it, insecure=True"
+            )
+        self.target = target
+        self.identity = identity
+        self.timeout = timeout
+        self.chunk_bytes = chunk_bytes
+        self._stub = pb_grpc.AggregatorStub(self._channel)
+
+    @classmethod
+    def connect(cls, target: str, identity: IdentityKey, **kwargs: Any) -> AggregatorClient:
+        """Open a channel and wait until the aggregator is reachable (``timeout`` s at most)."""
+        client = cls(target, identity, **kwargs)
+        try:
+            grpc.channel_ready_future(client._channel).result(timeout=client.timeout)
+        except grpc.FutureTimeoutError:
+            client.close()
+            raise AggregatorError(
+                grpc.StatusCode.UNAVAILABLE, f"cannot reach the aggregator at {target}"
+            ) from None
+        return client
+
+    def __enter__(self) -> AggregatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def join(self, *, on_event: EventHook | None = None) -> RoundHandle:
+        """Open a stream for the round the aggregator has open and receive its parameters."""
+        return RoundHandle(
+            self, OpenRound(self._stub, self.identity, timeout=self.timeout, on_event=on_event)
+        )
+
+    def participate(
+        self,
+        update: Update,
+        *,
+        fetch_result: bool = True,
+        rounding_seed: bytes | None = None,
+        on_event: EventHook | None = None,
+    ) -> RoundResult:
+        """Join the open round, submit ``update`` and return the round's result."""
+        return self.join(on_event=on_event).submit(
+            update, fetch_result=fetch_result, rounding_seed=rounding_seed
+        )
+
+    def get_result(self, round_id: int, *, expected_digest: bytes | None = None) -> RoundResult:
+        """The aggregate of a completed round (any roster member may fetch it)."""
+        header, total = fetch_result(
+            self._stub,
+            self.identity,
+            round_id,
+            timeout=self.timeout,
+            expected_digest=expected_digest,
+        )
+        encoding = FixedPointEncoding(
+            clip=header.encoding.clip,
+            scale=header.encoding.scale,
+            max_clients=header.encoding.max_clients,
+            bits=header.bits,
+        )
+        return RoundResult(
+            round_id=int(header.round_id),
+            survivors=tuple(header.survivors),
+            result_digest=bytes(header.result_digest),
+            encoding=encoding,
+            total=total,
+        )
+
+    def get_round_record(self, round_id: int) -> dict[str, Any]:
+        """The persisted record of a round: status, participants and dropouts per stage, ..."""
+        try:
+            r = self._stub.GetRoundRecord(
+                pb.GetRoundRecordRequest(round_id=round_id), timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise error_from_status(exc.code(), exc.details()) from None
+        return {
+            "round_id": r.round_id,
+            "status": pb.RoundStatus.Name(r.status).removeprefix("ROUND_STATUS_").lower(),
+            "config_digest": r.config_digest.hex(),
+            "started_at_ms": r.started_at_ms,
+            "finished_at_ms": r.finished_at_ms or None,
+            "stages": {
+                s.stage: {"participants": list(s.participants), "dropouts": list(s.dropouts)}
+                for s in r.stages
+            },
+            "survivors": list(r.survivors),
+            "result_digest": r.result_digest.hex() or None,
+            "abort_stage": r.abort_stage or None,
+            "abort_reason": r.abort_reason or None,
+            "records": [{"kind": x.kind, "json": x.json} for x in r.records],
+            "vector_length": r.vector_length,
+            "roster_size": r.roster_size,
+            "threshold": r.threshold,
+        }
+
+    def list_rounds(self, start_round_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        try:
+            resp = self._stub.ListRounds(
+                pb.ListRoundsRequest(start_round_id=start_round_id, limit=limit),
+                timeout=self.timeout,
+            )
+        except grpc.RpcError as exc:
+            raise error_from_status(exc.code(), exc.details()) from None
+        return [
+            {
+                "round_id": r.round_id,
+                "status": pb.RoundStatus.Name(r.status).removeprefix("ROUND_STATUS_").lower(),
+                "survivors": r.survivors,
+                "abort_reason": r.abort_reason or None,
+            }
+            for r in resp.rounds
+        ]
+
+
+STAGES = tuple(s.value for s in Stage if not s.is_terminal)

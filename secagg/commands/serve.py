@@ -1,0 +1,55 @@
+"""``secagg serve``: run the standalone gRPC aggregator."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the gRPC aggregator (configured by a TOML file)",
+        description="Run the secagg aggregator: drives rounds stage by stage with deadlines, "
+        "persists them in DATA_DIR/aggregator.db and serves results until stopped (SIGTERM).",
+    )
+    serve.add_argument("--config", required=True, type=pathlib.Path, help="TOML configuration")
+    serve.add_argument("--listen", help="host:port (overrides the file; port 0 = any free port)")
+    serve.add_argument("--data-dir", type=pathlib.Path, help="data directory (overrides the file)")
+    serve.add_argument(
+        "--rounds", type=int, help="number of rounds to run (0 = serve results only)"
+    )
+    serve.add_argument(
+        "--exit-after-rounds",
+        action="store_true",
+        default=None,
+        help="exit once the rounds are done instead of serving results until stopped",
+    )
+    serve.add_argument(
+        "--insecure-allow-plaintext",
+        action="store_true",
+        default=None,
+        help="allow plaintext on a non-loopback address (never do this in production)",
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from secagg.service import Aggregator, load_config
+    from secagg.service.logs import configure_logging
+
+    configure_logging(args.log_level)
+    config = load_config(
+        args.config,
+        listen=args.listen,
+        data_dir=args.data_dir,
+        rounds=args.rounds,
+        exit_after_rounds=args.exit_after_rounds,
+        insecure_allow_plaintext=args.insecure_allow_plaintext,
+    )
+    aggregator = Aggregator(config)
+    aggregator.install_signal_handlers()
+    aggregator.serve()
+    return 0

@@ -1,0 +1,193 @@
+"""``RUN_DIR/report.html``: epsilon and accuracy over rounds (PNG, base64-embedded) and tables.
+
+The page is self-contained (no scripts, no external resources) so it can be archived with the
+audit records. matplotlib is imported only here, with the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from secagg.accounting.report import PrivacyReport
+from secagg.reporting.rundir import RoundRecord, RunDirectory
+
+__all__ = ["render_html_report"]
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "inf"
+    if abs(v) >= 1e4:
+        return f"{v:.3g}"
+    return f"{v:.{digits}f}"
+
+
+def _plot_png(reports: list[PrivacyReport], records: list[RoundRecord]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r.round_id for r in reports]
+    fig, (ax_eps, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    site = [None if r.site_level is None else r.site_level.epsilon_cumulative for r in reports]
+    rec = [r.max_record_level_epsilon for r in reports]
+    if any(v is not None for v in rec):
+        ax_eps.plot(rounds, rec, "o-", label="record level (max over sites)")
+    if any(v is not None for v in site):
+        ax_eps.plot(rounds, site, "s-", label="site level (distributed DP)")
+        if max((v for v in site if v is not None), default=0) > 100:
+            ax_eps.set_yscale("log")
+    delta = next((r.site_level.delta for r in reports if r.site_level), None)
+    ax_eps.set_title(f"cumulative epsilon (delta = {delta:g})" if delta else "cumulative epsilon")
+    ax_eps.set_xlabel("round")
+    ax_eps.set_ylabel("epsilon")
+    ax_eps.grid(alpha=0.3)
+    ax_eps.legend()
+    by_round = {r.round_id: r for r in records}
+    ax_acc.plot(rounds, [by_round[i].accuracy for i in rounds], "o-", label="accuracy")
+    ax_acc.plot(rounds, [by_round[i].f1 for i in rounds], "s-", label="F1 (malignant)")
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.set_title("global model on the held-out test set")
+    ax_acc.set_xlabel("round")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _round_rows(reports: list[PrivacyReport], records: list[RoundRecord]) -> list[list[str]]:
+    by_round = {r.round_id: r for r in records}
+    rows = []
+    for rep in reports:
+        rec = by_round.get(rep.round_id)
+        drops = (
+            ", ".join(f"{s} @ {stage}" for stage, names in rec.dropouts.items() for s in names)
+            if rec
+            else ""
+        )
+        declined = ", ".join(sorted(rec.declined)) if rec else ""
+        rows.append(
+            [
+                str(rep.round_id),
+                str(len(rep.participants)),
+                drops or "-",
+                declined or "-",
+                _fmt(rec.accuracy) if rec else "-",
+                _fmt(rec.f1) if rec else "-",
+                _fmt(None if rep.site_level is None else rep.site_level.epsilon_cumulative),
+                _fmt(rep.max_record_level_epsilon),
+            ]
+        )
+    return rows
+
+
+def _summary_html(summary: dict[str, Any] | None) -> str:
+    if not summary or "comparison" not in summary:
+        return ""
+    rows = [
+        [
+            str(m["model"]),
+            str(m["records"]),
+            _fmt(m["accuracy"]),
+            _fmt(m["f1"]),
+            _fmt(m.get("record_level_epsilon")),
+        ]
+        for m in summary["comparison"]
+    ]
+    return "<h2>Federated model against single-site models</h2>" + _table(
+        ["model", "training records", "accuracy", "F1 (malignant)", "record-level eps"], rows
+    )
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:right}th{background:#f0f0f0}img{max-width:100%}code{background:#f4f4f4}
+"""
+
+
+def render_html_report(run_dir: str | Path) -> Path:
+    """Write ``RUN_DIR/report.html`` from the run's records; return its path."""
+    rd = RunDirectory(run_dir)
+    reports = rd.read_reports()
+    records = rd.read_records()
+    summary = rd.read_summary()
+    config = rd.read_config() if rd.exists() else {}
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>secagg privacy report: {html.escape(rd.path.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>secagg privacy report</h1><p>Run <code>{html.escape(str(rd.path))}</code>, "
+        f"{len(reports)} completed round(s).</p>",
+    ]
+    if reports:
+        png = base64.b64encode(_plot_png(reports, records)).decode("ascii")
+        parts.append(
+            f"<img alt='epsilon and accuracy over rounds' src='data:image/png;base64,{png}'>"
+        )
+        parts.append("<h2>Per-round privacy</h2>")
+        parts.append(
+            _table(
+                [
+                    "round",
+                    "participants",
+                    "dropouts (stage)",
+                    "declined",
+                    "accuracy",
+                    "F1",
+                    "site-level eps",
+                    "max record-level eps",
+                ],
+                _round_rows(reports, records),
+            )
+        )
+        last = reports[-1]
+        if last.site_level is not None:
+            s = last.site_level
+            parts.append(
+                "<p>Site level: distributed "
+                f"{html.escape(s.mechanism)} noise under secure aggregation, clip {s.l2_clip:g}, "
+                f"total noise stddev {s.noise_stddev_total:g} for any {s.min_clients} survivors, "
+                f"{s.bits}-bit modular sum, wrap-around probability &le; "
+                f"{s.wraparound_probability:.2g} per round.</p>"
+            )
+        if last.record_level:
+            r0 = last.record_level[0]
+            parts.append(
+                f"<p>Record level: DP-SGD (Opacus, {html.escape(r0.accountant)} accountant), "
+                f"noise multiplier {r0.noise_multiplier:g}, delta {r0.delta:g}. Epsilons are "
+                "cumulative at each site's own ledger.</p>"
+            )
+    parts.append(_summary_html(summary))
+    if config:
+        parts.append("<h2>Configuration</h2><table><tbody>")
+        for k in sorted(config):
+            parts.append(
+                f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(config[k]))}</td></tr>"
+            )
+        parts.append("</tbody></table>")
+    parts.append("</body></html>\n")
+    out = rd.report_path
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text("".join(parts), encoding="utf-8")
+    tmp.replace(out)
+    return out

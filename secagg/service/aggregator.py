@@ -1,0 +1,250 @@
+"""The aggregator process: gRPC server, round loop, persistence and graceful shutdown.
+
+``Aggregator(config).serve()`` starts the gRPC server (Aggregator service, grpc.health.v1 and
+reflection), logs ``{"event": "listening", "port": ...}``, runs ``config.rounds`` rounds one after
+the other, and keeps serving results and records until it is stopped (or exits once the rounds are
+done with ``exit_after_rounds``). On SIGTERM/SIGINT it opens no new round; a round in progress gets
+``shutdown_grace`` seconds to finish, after which it is aborted with the reason
+"aggregator shutting down", persisted, and every client is told so.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from secagg.service.config import ServiceConfig
+from secagg.service.coordinator import RoundCoordinator, clean_spool_dir
+from secagg.service.logs import log_event
+from secagg.store import RoundStore, StoredRound
+from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
+from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
+from secagg.transport.codec import RoundParameters
+from secagg.transport.errors import NotJoinable, ShuttingDown, UnknownIdentity
+from secagg.transport.servicer import AggregatorServicer
+from secagg.transport.tls import server_credentials
+
+__all__ = ["SERVICE_NAME", "Aggregator"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name
+INTERRUPTED_REASON = (
+    "the aggregator stopped while the round was running (crash or kill); the round never completed"
+)
+
+
+class Aggregator:
+    def __init__(self, config: ServiceConfig, logger: logging.Logger | None = None) -> None:
+        self.config = config
+        self.log = logger or logging.getLogger("secagg.service")
+        self.store = RoundStore(config.data_dir)
+        self.spool_dir = config.data_dir / "spool"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        clean_spool_dir(self.spool_dir)
+        interrupted = self.store.mark_interrupted(INTERRUPTED_REASON)
+        if interrupted:
+            log_event(self.log, "rounds_marked_aborted", logging.WARNING, rounds=interrupted)
+        self._cond = threading.Condition()
+        self._current: RoundCoordinator | None = None
+        self._no_more_rounds = False
+        self._shutdown_at: float | None = None
+        self._stopped = threading.Event()
+        self._verified: set[int] = set()
+        self._verify_lock = threading.Lock()
+        self._roster_keys = {k.to_bytes() for k in config.roster.values()}
+        self.server: grpc.Server | None = None
+        self.health = health.HealthServicer()
+        self.port = 0
+
+    # --- used by the servicer ------------------------------------------------------------
+
+    def check_identity(self, public_key: bytes) -> None:
+        if bytes(public_key) not in self._roster_keys:
+            raise UnknownIdentity(
+                "this identity key is not in the aggregator's roster; ask its operator to add "
+                "the public key"
+            )
+
+    def round_for_join(self) -> RoundCoordinator:
+        """The round open for joining, waiting up to ``join_wait`` seconds for the next one."""
+        deadline = time.monotonic() + self.config.join_wait
+        with self._cond:
+            while True:
+                if self._shutdown_at is not None:
+                    raise ShuttingDown("the aggregator is shutting down")
+                current = self._current
+                if current is not None and current.joinable:
+                    return current
+                if self._no_more_rounds:
+                    raise NotJoinable(
+                        f"no round is open: this aggregator has run its {self.config.rounds} "
+                        "configured round(s)"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NotJoinable(
+                        f"no round opened for joining within {self.config.join_wait:g} s"
+                    )
+                self._cond.wait(min(remaining, 0.5))
+
+    def result_chunks(self, stored: StoredRound, chunk_words: int) -> Iterator[bytes]:
+        """A completed round's aggregate in chunks; the file's digest is checked once."""
+        with self._verify_lock:
+            if stored.round_id not in self._verified:
+                self.store.verify_result(stored)
+                self._verified.add(stored.round_id)
+        return self.store.read_result(stored, chunk_words)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def shutdown_deadline(self) -> float | None:
+        at = self._shutdown_at
+        return None if at is None else at + self.config.shutdown_grace
+
+    def request_shutdown(self, reason: str = "signal") -> None:
+        with self._cond:
+            if self._shutdown_at is None:
+                self._shutdown_at = time.monotonic()
+                log_event(
+                    self.log,
+                    "shutdown_requested",
+                    reason=reason,
+                    grace_s=self.config.shutdown_grace,
+                )
+            self._cond.notify_all()
+        self._stopped.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_shutdown(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def start(self) -> int:
+        cfg = self.config
+        workers = len(cfg.roster) + 16
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-rpc"),
+            options=options,
+            maximum_concurrent_rpcs=workers,
+        )
+        pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        if cfg.tls_enabled:
+            assert cfg.tls_certificate is not None and cfg.tls_private_key is not None
+            creds = server_credentials(cfg.tls_certificate, cfg.tls_private_key, cfg.tls_client_ca)
+            port = server.add_secure_port(cfg.listen, creds)
+        else:
+            port = server.add_insecure_port(cfg.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        server.start()
+        self.server, self.port = server, int(port)
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        host = cfg.listen.rpartition(":")[0] or cfg.listen
+        log_event(
+            self.log,
+            "listening",
+            address=f"{host}:{port}",
+            port=port,
+            tls=cfg.tls_enabled,
+            mtls=cfg.tls_client_ca is not None,
+            roster=len(cfg.roster),
+            threshold=cfg.threshold,
+            degree=cfg.degree,
+            vector_length=cfg.vector_length,
+            rounds=cfg.rounds,
+        )
+        return self.port
+
+    def run_rounds(self) -> None:
+        """Run the configured number of rounds, one after the other."""
+        cfg = self.config
+        done = 0
+        coordinator = self._new_round() if cfg.rounds > 0 else None
+        while coordinator is not None:
+            with self._cond:
+                self._current = coordinator
+                self._cond.notify_all()
+            started = coordinator.run()
+            done += int(started)
+            nxt = None
+            if started and done < cfg.rounds and self._shutdown_at is None:
+                nxt = self._new_round()  # open before any client hears this round's outcome
+            with self._cond:
+                self._current = nxt
+                self._no_more_rounds = nxt is None
+                self._cond.notify_all()
+            coordinator.release()
+            coordinator = nxt
+        with self._cond:
+            self._no_more_rounds = True
+            self._cond.notify_all()
+        log_event(self.log, "rounds_done", rounds=done)
+
+    def _new_round(self) -> RoundCoordinator:
+        cfg = self.config
+        params = RoundParameters.create(
+            round_id=self.store.next_round_id(),
+            roster=cfg.roster,
+            threshold=cfg.threshold,
+            vector_length=cfg.vector_length,
+            encoding=cfg.encoding,
+            deadlines=cfg.deadlines,
+            degree=cfg.degree,
+            context=cfg.context,
+        )
+        return RoundCoordinator(
+            params,
+            store=self.store,
+            spool_dir=self.spool_dir,
+            max_chunk_bytes=cfg.max_chunk_bytes,
+            shutdown_deadline=self.shutdown_deadline,
+            logger=self.log,
+        )
+
+    def stop(self, grace: float = 2.0) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.server is not None:
+            self.server.stop(grace).wait()
+        self.store.close()
+        log_event(self.log, "stopped")
+
+    def serve(self) -> None:
+        """Start, run the configured rounds, then serve until a shutdown signal."""
+        self.start()
+        try:
+            self.run_rounds()
+            if not self.config.exit_after_rounds:
+                while not self._stopped.wait(0.5):
+                    pass
+        finally:
+            self.stop()

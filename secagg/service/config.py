@@ -1,0 +1,285 @@
+"""The aggregator's configuration: a TOML file plus command-line overrides.
+
+Example (paths are relative to the file)::
+
+    listen = "127.0.0.1:50051"
+    data_dir = "aggregator-data"
+    rounds = 3
+    vector_length = 10000
+    context = "model-v7"            # optional, bound into every round
+
+    [encoding]
+    clip = 1.0
+    bits = 32                       # scale defaults to the finest that cannot overflow
+
+    [protocol]                      # either explicit t (and optional SecAgg+ degree) ...
+    threshold = 3
+    # degree = 4
+    # ... or the SecAgg+ parameter finder:
+    # dropout_rate = 0.1
+    # corrupt_fraction = 0.05
+
+    [deadlines]                     # seconds per stage
+    advertise_keys = 60
+    share_keys = 10
+    masked_input = 60
+    consistency_check = 10
+    unmask = 10
+
+    [tls]                           # required unless listening on loopback
+    certificate = "server.crt"
+    private_key = "server.key"
+    client_ca = "clients-ca.crt"    # optional: mutual TLS
+
+    [[roster]]
+    party = 1
+    public_key = "<hex or base64 Ed25519 public key>"
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import pathlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from secagg.crypto import IdentityPublicKey
+from secagg.encoding import FixedPointEncoding
+from secagg.errors import ConfigError
+from secagg.protocol import ACTIVE_STAGES, Stage, choose_parameters
+from secagg.transport.tls import is_loopback
+
+__all__ = ["ServiceConfig", "load_config", "parse_public_key"]
+
+DEFAULT_DEADLINES: dict[Stage, float] = {
+    Stage.ADVERTISE_KEYS: 60.0,
+    Stage.SHARE_KEYS: 30.0,
+    Stage.MASKED_INPUT: 120.0,
+    Stage.CONSISTENCY_CHECK: 30.0,
+    Stage.UNMASK: 30.0,
+}
+MiB = 1 << 20
+
+
+def parse_public_key(text: str) -> IdentityPublicKey:
+    """An Ed25519 public key written in hex (64 digits) or base64."""
+    text = text.strip()
+    raw: bytes | None = None
+    if len(text) == 64:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = None
+    if raw is None:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(
+                "a public key must be 32 bytes in hex (64 digits) or base64"
+            ) from None
+    return IdentityPublicKey.from_bytes(raw)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    roster: Mapping[int, IdentityPublicKey] = field(repr=False)
+    vector_length: int
+    threshold: int
+    degree: int | None
+    encoding: FixedPointEncoding
+    listen: str = "127.0.0.1:50051"
+    data_dir: pathlib.Path = pathlib.Path("aggregator-data")
+    rounds: int = 1
+    exit_after_rounds: bool = False
+    deadlines: Mapping[Stage, float] = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
+    context: bytes = b""
+    join_wait: float = 30.0
+    handshake_timeout: float = 30.0
+    shutdown_grace: float = 5.0
+    max_message_bytes: int = 4 * MiB
+    max_chunk_bytes: int = 1 * MiB
+    tls_certificate: bytes | None = field(default=None, repr=False)
+    tls_private_key: bytes | None = field(default=None, repr=False)
+    tls_client_ca: bytes | None = field(default=None, repr=False)
+    insecure_allow_plaintext: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.roster)
+        if n < 2:
+            raise ConfigError(f"the roster needs at least 2 parties, it has {n}")
+        keys = [k.to_bytes() for k in self.roster.values()]
+        if len(set(keys)) != len(keys):
+            raise ConfigError("two roster parties share one public key")
+        if self.rounds < 0:
+            raise ConfigError("rounds must be >= 0")
+        if not 1 <= self.vector_length <= 2**32 - 1:
+            raise ConfigError("vector_length must be in [1, 2^32 - 1]")
+        if self.encoding.max_clients < n:
+            raise ConfigError(
+                f"the encoding holds the sum of {self.encoding.max_clients} clients, the roster "
+                f"has {n}"
+            )
+        if self.max_chunk_bytes < 4096 or self.max_chunk_bytes + 64 * 1024 > self.max_message_bytes:
+            raise ConfigError(
+                "max_chunk_bytes must be >= 4096 and leave 64 KiB under max_message_bytes"
+            )
+        if self.tls_enabled and not (self.tls_certificate and self.tls_private_key):
+            raise ConfigError("TLS needs both [tls] certificate and private_key")
+        if self.tls_client_ca and not self.tls_enabled:
+            raise ConfigError("[tls] client_ca needs a server certificate and key")
+        plaintext_ok = self.insecure_allow_plaintext or is_loopback(self.listen)
+        if not self.tls_enabled and not plaintext_ok:
+            raise ConfigError(
+                f"refusing to listen on {self.listen} without TLS: configure [tls] "
+                "certificate and private_key, listen on 127.0.0.1, or pass "
+                "--insecure-allow-plaintext if you really mean it"
+            )
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_certificate is not None or self.tls_private_key is not None
+
+    def with_overrides(self, **changes: Any) -> ServiceConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _number(table: Mapping[str, Any], key: str, where: str, default: Any = None) -> Any:
+    value = table.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}{key} must be a number, got {value!r}")
+    return value
+
+
+def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
+    """Read a TOML configuration; ``overrides`` (not None) replace its values."""
+    path = pathlib.Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the configuration {path}: {exc}") from exc
+    base = path.parent
+
+    def resolve(p: str) -> pathlib.Path:
+        q = pathlib.Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    def read(p: Any, what: str) -> bytes | None:
+        if p is None:
+            return None
+        try:
+            return resolve(str(p)).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the {what} {p}: {exc}") from exc
+
+    roster: dict[int, IdentityPublicKey] = {}
+    entries = doc.get("roster", [])
+    if not isinstance(entries, list):
+        raise ConfigError("roster must be an array of tables ([[roster]])")
+    for entry in entries:
+        if not isinstance(entry, Mapping) or "party" not in entry or "public_key" not in entry:
+            raise ConfigError("each [[roster]] entry needs party and public_key")
+        party = entry["party"]
+        if isinstance(party, bool) or not isinstance(party, int) or not 1 <= party < 2**31 - 1:
+            raise ConfigError(f"roster party ids must be ints in [1, 2^31 - 2], got {party!r}")
+        if party in roster:
+            raise ConfigError(f"the roster lists party {party} twice")
+        try:
+            roster[party] = parse_public_key(str(entry["public_key"]))
+        except ConfigError as exc:
+            raise ConfigError(f"roster party {party}: {exc}") from exc
+    n = len(roster)
+    if n < 2:
+        raise ConfigError(f"the roster needs at least 2 parties, it has {n}")
+
+    vector_length = doc.get("vector_length")
+    if isinstance(vector_length, bool) or not isinstance(vector_length, int):
+        raise ConfigError("vector_length (an int) is required")
+
+    enc = _section(doc, "encoding")
+    clip = float(_number(enc, "clip", "[encoding] ", 1.0))
+    bits = int(_number(enc, "bits", "[encoding] ", 32))
+    scale = _number(enc, "scale", "[encoding] ")
+    if scale is None:
+        encoding = FixedPointEncoding.for_clients(clip=clip, max_clients=n, bits=bits)
+    else:
+        encoding = FixedPointEncoding(clip=clip, scale=float(scale), max_clients=n, bits=bits)
+
+    proto = _section(doc, "protocol")
+    threshold = _number(proto, "threshold", "[protocol] ")
+    degree = _number(proto, "degree", "[protocol] ")
+    dropout_rate = _number(proto, "dropout_rate", "[protocol] ")
+    corrupt_fraction = _number(proto, "corrupt_fraction", "[protocol] ")
+    if threshold is not None:
+        if dropout_rate is not None or corrupt_fraction is not None:
+            raise ConfigError("give either [protocol] threshold (and degree) or dropout_rate")
+        threshold = int(threshold)
+        degree = None if degree is None else int(degree)
+    elif dropout_rate is not None:
+        params = choose_parameters(
+            n, dropout_rate=float(dropout_rate), corrupt_fraction=float(corrupt_fraction or 0.0)
+        )
+        threshold = params.threshold
+        degree = None if params.is_full_graph(n) else params.degree
+    else:
+        if degree is not None:
+            raise ConfigError("[protocol] degree needs an explicit threshold")
+        threshold = n // 2 + 1
+
+    dl = _section(doc, "deadlines")
+    deadlines = dict(DEFAULT_DEADLINES)
+    for stage in ACTIVE_STAGES:
+        value = _number(dl, stage.value, "[deadlines] ")
+        if value is not None:
+            if not 0 < value <= 86_400:
+                raise ConfigError(f"[deadlines] {stage.value} must be in (0, 86400] seconds")
+            deadlines[stage] = float(value)
+    unknown = set(dl) - {s.value for s in ACTIVE_STAGES}
+    if unknown:
+        raise ConfigError(f"unknown [deadlines] entries: {sorted(unknown)}")
+
+    limits = _section(doc, "limits")
+    tls = _section(doc, "tls")
+    service = _section(doc, "service")
+    context = doc.get("context", "")
+    if not isinstance(context, str):
+        raise ConfigError("context must be a string")
+
+    kwargs: dict[str, Any] = {
+        "roster": roster,
+        "vector_length": vector_length,
+        "threshold": threshold,
+        "degree": degree,
+        "encoding": encoding,
+        "listen": str(doc.get("listen", "127.0.0.1:50051")),
+        "data_dir": resolve(str(doc.get("data_dir", "aggregator-data"))),
+        "rounds": int(doc.get("rounds", 1)),
+        "exit_after_rounds": bool(doc.get("exit_after_rounds", False)),
+        "deadlines": deadlines,
+        "context": context.encode(),
+        "join_wait": float(_number(service, "join_wait", "[service] ", 30.0)),
+        "handshake_timeout": float(_number(service, "handshake_timeout", "[service] ", 30.0)),
+        "shutdown_grace": float(_number(service, "shutdown_grace", "[service] ", 5.0)),
+        "max_message_bytes": int(_number(limits, "max_message_bytes", "[limits] ", 4 * MiB)),
+        "max_chunk_bytes": int(_number(limits, "max_chunk_bytes", "[limits] ", MiB)),
+        "tls_certificate": read(tls.get("certificate"), "TLS certificate"),
+        "tls_private_key": read(tls.get("private_key"), "TLS private key"),
+        "tls_client_ca": read(tls.get("client_ca"), "TLS client CA"),
+        "insecure_allow_plaintext": bool(doc.get("insecure_allow_plaintext", False)),
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            kwargs[key] = value
+    return ServiceConfig(**kwargs)

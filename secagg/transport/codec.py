@@ -1,0 +1,597 @@
+"""Protobuf <-> protocol messages, with every size and shape check the wire needs.
+
+Decoding never trusts a length field: byte strings are checked against their exact sizes (the
+dataclasses of :mod:`secagg.protocol.messages` check the rest on construction and raise
+:class:`~secagg.errors.MalformedMessage`). Masked inputs travel as a signed header followed by
+chunks; :class:`MaskedInputSpool` receives them on the server into a file, in order, and only a
+complete, well-formed stream becomes a :class:`~secagg.protocol.MaskedInput` (a read-only memmap
+of the spool), so the server's memory stays O(m) whatever the number of clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pathlib
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from secagg.crypto import (
+    PROTOCOL_VERSION,
+    SHARE_BYTES,
+    IdentityKey,
+    IdentityPublicKey,
+    lp_encode,
+    transcript_digest,
+)
+from secagg.crypto.aead import OVERHEAD_BYTES
+from secagg.encoding import FixedPointEncoding
+from secagg.errors import ConfigError, MalformedMessage, ReplayedMessage, UnexpectedMessage
+from secagg.protocol import (
+    ACTIVE_STAGES,
+    AdvertiseKeys,
+    ConsistencySignature,
+    KeyRoster,
+    MaskedInput,
+    RoundConfig,
+    ServerMessage,
+    ShareBundle,
+    ShareKeys,
+    Stage,
+    SurvivorsRequest,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from secagg.transport import words
+from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
+from secagg.transport.errors import LimitExceeded
+
+__all__ = [
+    "DEFAULT_CHUNK_WORDS",
+    "MaskedInputSpool",
+    "RoundParameters",
+    "decode_client_message",
+    "decode_server_frame",
+    "encode_client_message",
+    "encode_server_message",
+    "get_result_payload",
+    "join_payload",
+    "masked_input_frames",
+    "result_digest",
+    "sign_get_result",
+    "sign_join",
+    "verify_get_result",
+    "verify_join",
+]
+
+DEFAULT_CHUNK_WORDS = 1 << 18  # 1 MiB of uint32 per chunk: far below gRPC's 4 MiB default limit
+SHARE_CIPHERTEXT_BYTES = 2 * SHARE_BYTES + OVERHEAD_BYTES
+_JOIN_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "join")
+_GET_RESULT_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "get-result")
+_MAX_PARTY = 2**31 - 2
+
+
+# --- round parameters ---------------------------------------------------------------------------
+
+
+def context_digest(encoding: FixedPointEncoding, context: bytes) -> bytes:
+    """Binds the encoding and the operator's context into the round (RoundConfig.context_digest).
+
+    Clients recompute it, so a server cannot give two clients different encodings in one round.
+    """
+    return transcript_digest(
+        "secagg.v1/round-context",
+        struct.pack("<d", encoding.clip),
+        struct.pack("<d", encoding.scale),
+        encoding.max_clients,
+        encoding.bits,
+        context,
+    )
+
+
+@dataclass(frozen=True)
+class RoundParameters:
+    """Everything a client is told about a round: the protocol config, encoding and deadlines."""
+
+    config: RoundConfig
+    encoding: FixedPointEncoding
+    deadlines: Mapping[Stage, float] = field(repr=False)
+    context: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.config.context_digest != context_digest(self.encoding, self.context):
+            raise ConfigError("the round's context digest does not bind its encoding and context")
+        if self.encoding.bits != self.config.bits:
+            raise ConfigError("the encoding and the round disagree on bits")
+        if self.encoding.max_clients < len(self.config.roster):
+            raise ConfigError("the encoding cannot hold the sum of every roster party")
+        if set(self.deadlines) != set(ACTIVE_STAGES) or not all(
+            0 < d <= 86_400 for d in self.deadlines.values()
+        ):
+            raise ConfigError("every stage needs a deadline in (0, 86400] seconds")
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        round_id: int,
+        roster: Mapping[int, IdentityPublicKey],
+        threshold: int,
+        vector_length: int,
+        encoding: FixedPointEncoding,
+        deadlines: Mapping[Stage, float],
+        degree: int | None = None,
+        context: bytes = b"",
+    ) -> RoundParameters:
+        config = RoundConfig(
+            round_id=round_id,
+            roster=roster,
+            threshold=threshold,
+            vector_length=vector_length,
+            bits=encoding.bits,
+            degree=degree,
+            context_digest=context_digest(encoding, context),
+        )
+        return cls(config, encoding, dict(deadlines), context)
+
+    def to_proto(self) -> pb.RoundConfig:
+        cfg, enc = self.config, self.encoding
+        ms = {s: round(self.deadlines[s] * 1000) for s in ACTIVE_STAGES}
+        return pb.RoundConfig(
+            round_id=cfg.round_id,
+            roster=[
+                pb.RosterEntry(party=p, identity_public_key=k.to_bytes())
+                for p, k in cfg.roster.items()
+            ],
+            threshold=cfg.threshold,
+            vector_length=cfg.vector_length,
+            bits=cfg.bits,
+            degree=cfg.degree or 0,
+            context_digest=cfg.context_digest,
+            encoding=pb.Encoding(clip=enc.clip, scale=enc.scale, max_clients=enc.max_clients),
+            deadlines=pb.StageDeadlines(
+                advertise_keys_ms=ms[Stage.ADVERTISE_KEYS],
+                share_keys_ms=ms[Stage.SHARE_KEYS],
+                masked_input_ms=ms[Stage.MASKED_INPUT],
+                consistency_check_ms=ms[Stage.CONSISTENCY_CHECK],
+                unmask_ms=ms[Stage.UNMASK],
+            ),
+            config_digest=cfg.digest,
+            context=self.context,
+        )
+
+    @classmethod
+    def from_proto(cls, msg: pb.RoundConfig) -> RoundParameters:
+        """Rebuild and re-check the parameters a server sent (MalformedMessage if inconsistent)."""
+        try:
+            roster: dict[int, IdentityPublicKey] = {}
+            for entry in msg.roster:
+                if entry.party in roster:
+                    raise MalformedMessage(f"the roster lists party {entry.party} twice")
+                roster[entry.party] = IdentityPublicKey.from_bytes(entry.identity_public_key)
+            encoding = FixedPointEncoding(
+                clip=msg.encoding.clip,
+                scale=msg.encoding.scale,
+                max_clients=msg.encoding.max_clients,
+                bits=msg.bits,
+            )
+            d = msg.deadlines
+            deadlines = {
+                Stage.ADVERTISE_KEYS: d.advertise_keys_ms / 1000,
+                Stage.SHARE_KEYS: d.share_keys_ms / 1000,
+                Stage.MASKED_INPUT: d.masked_input_ms / 1000,
+                Stage.CONSISTENCY_CHECK: d.consistency_check_ms / 1000,
+                Stage.UNMASK: d.unmask_ms / 1000,
+            }
+            params = cls.create(
+                round_id=msg.round_id,
+                roster=roster,
+                threshold=msg.threshold,
+                vector_length=msg.vector_length,
+                encoding=encoding,
+                deadlines=deadlines,
+                degree=msg.degree or None,
+                context=msg.context,
+            )
+        except ConfigError as exc:
+            raise MalformedMessage(f"the round configuration is invalid: {exc}") from exc
+        if params.config.context_digest != msg.context_digest:
+            raise MalformedMessage("the round's context digest does not match its encoding")
+        if params.config.digest != msg.config_digest:
+            raise MalformedMessage("the round's config digest does not match its parameters")
+        return params
+
+
+# --- authentication of the stream and of unary requests ---------------------------------------
+
+
+def join_payload(nonce: bytes, config_digest: bytes, round_id: int, party: int) -> bytes:
+    return lp_encode("join", nonce, config_digest, round_id, party)
+
+
+def sign_join(
+    identity: IdentityKey, nonce: bytes, config_digest: bytes, round_id: int, party: int
+) -> bytes:
+    return identity.sign(_JOIN_CONTEXT, join_payload(nonce, config_digest, round_id, party))
+
+
+def verify_join(
+    key: IdentityPublicKey,
+    signature: bytes,
+    nonce: bytes,
+    config_digest: bytes,
+    round_id: int,
+    party: int,
+) -> None:
+    """Raise InvalidSignature unless ``key`` signed this stream's nonce and the round config."""
+    key.verify(signature, _JOIN_CONTEXT, join_payload(nonce, config_digest, round_id, party))
+
+
+def get_result_payload(round_id: int, issued_at_ms: int) -> bytes:
+    return lp_encode("get-result", round_id, issued_at_ms)
+
+
+def sign_get_result(identity: IdentityKey, round_id: int, issued_at_ms: int) -> bytes:
+    return identity.sign(_GET_RESULT_CONTEXT, get_result_payload(round_id, issued_at_ms))
+
+
+def verify_get_result(
+    key: IdentityPublicKey, signature: bytes, round_id: int, issued_at_ms: int
+) -> None:
+    key.verify(signature, _GET_RESULT_CONTEXT, get_result_payload(round_id, issued_at_ms))
+
+
+def result_digest(total: npt.NDArray[np.uint32]) -> bytes:
+    """BLAKE2b-256 of the little-endian bytes of an aggregate (sent in outcomes and headers)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=32)
+    step = DEFAULT_CHUNK_WORDS
+    for lo in range(0, len(total), step):
+        h.update(np.ascontiguousarray(total[lo : lo + step], dtype="<u4").data)
+    return h.digest()
+
+
+# --- client messages ---------------------------------------------------------------------------
+
+
+def _pairs(items: object, value_bytes: int | None, what: str) -> tuple[tuple[int, bytes], ...]:
+    out = []
+    for item in items:  # type: ignore[attr-defined]
+        if value_bytes is not None and len(item.value) != value_bytes:
+            raise MalformedMessage(
+                f"each {what} must be {value_bytes} bytes, got {len(item.value)}"
+            )
+        out.append((int(item.party), bytes(item.value)))
+    return tuple(out)
+
+
+def _to_pairs(pairs: tuple[tuple[int, bytes], ...]) -> list[pb.PartyBytes]:
+    return [pb.PartyBytes(party=p, value=v) for p, v in pairs]
+
+
+def encode_client_message(
+    message: AdvertiseKeys | ShareKeys | ConsistencySignature | UnmaskShares,
+) -> pb.ClientFrame:
+    """Frame a client message (masked inputs go through :func:`masked_input_frames`)."""
+    if isinstance(message, AdvertiseKeys):
+        return pb.ClientFrame(
+            advertise_keys=pb.AdvertiseKeys(
+                round_id=message.round_id,
+                sender=message.sender,
+                cipher_public_key=message.cipher_public_key,
+                mask_public_key=message.mask_public_key,
+                signature=message.signature,
+            )
+        )
+    if isinstance(message, ShareKeys):
+        return pb.ClientFrame(
+            share_keys=pb.ShareKeys(
+                round_id=message.round_id,
+                sender=message.sender,
+                session_id=message.session_id,
+                encrypted_shares=_to_pairs(message.encrypted_shares),
+                signature=message.signature,
+            )
+        )
+    if isinstance(message, ConsistencySignature):
+        return pb.ClientFrame(
+            consistency_signature=pb.ConsistencySignature(
+                round_id=message.round_id,
+                sender=message.sender,
+                session_id=message.session_id,
+                survivors=list(message.survivors),
+                signature=message.signature,
+            )
+        )
+    if isinstance(message, UnmaskShares):
+        return pb.ClientFrame(
+            unmask_shares=pb.UnmaskShares(
+                round_id=message.round_id,
+                sender=message.sender,
+                session_id=message.session_id,
+                self_mask_shares=_to_pairs(message.self_mask_shares),
+                mask_key_shares=_to_pairs(message.mask_key_shares),
+                signature=message.signature,
+            )
+        )
+    raise TypeError(f"cannot frame {type(message).__name__}")
+
+
+def _advertise_from_proto(m: pb.AdvertiseKeys) -> AdvertiseKeys:
+    return AdvertiseKeys(
+        int(m.round_id), int(m.sender), m.cipher_public_key, m.mask_public_key, m.signature
+    )
+
+
+def decode_client_message(
+    frame: pb.ClientFrame,
+) -> AdvertiseKeys | ShareKeys | ConsistencySignature | UnmaskShares:
+    """The protocol message in a frame (not Hello/Join/masked-input frames)."""
+    kind = frame.WhichOneof("frame")
+    if kind == "advertise_keys":
+        return _advertise_from_proto(frame.advertise_keys)
+    if kind == "share_keys":
+        m = frame.share_keys
+        return ShareKeys(
+            int(m.round_id),
+            int(m.sender),
+            m.session_id,
+            _pairs(m.encrypted_shares, SHARE_CIPHERTEXT_BYTES, "encrypted share"),
+            m.signature,
+        )
+    if kind == "consistency_signature":
+        c = frame.consistency_signature
+        return ConsistencySignature(
+            int(c.round_id), int(c.sender), c.session_id, c.signature, tuple(c.survivors)
+        )
+    if kind == "unmask_shares":
+        u = frame.unmask_shares
+        return UnmaskShares(
+            int(u.round_id),
+            int(u.sender),
+            u.session_id,
+            _pairs(u.self_mask_shares, SHARE_BYTES, "self-mask share"),
+            _pairs(u.mask_key_shares, SHARE_BYTES, "mask-key share"),
+            u.signature,
+        )
+    raise MalformedMessage(f"frame {kind or 'with no content'} is not a protocol message")
+
+
+# --- masked input: header + chunks ----------------------------------------------------------------
+
+
+def masked_input_frames(
+    message: MaskedInput, *, chunk_words: int, fmt: int, bits: int
+) -> tuple[pb.ClientFrame, int, Iterator[pb.ClientFrame]]:
+    """The header frame, the number of chunks and a lazy iterator over the chunk frames."""
+    if chunk_words < 8 or chunk_words % 8:
+        raise ConfigError("chunk_words must be a positive multiple of 8")
+    v = message.masked_vector
+    length = len(v)
+    count = max(1, math.ceil(length / chunk_words))
+    header = pb.ClientFrame(
+        masked_input_header=pb.MaskedInputHeader(
+            round_id=message.round_id,
+            sender=message.sender,
+            session_id=message.session_id,
+            length=length,
+            chunk_words=chunk_words,
+            chunk_count=count,
+            format=fmt,  # type: ignore[arg-type]
+            signature=message.signature,
+        )
+    )
+
+    def chunks() -> Iterator[pb.ClientFrame]:
+        for index in range(count):
+            lo = index * chunk_words
+            data = words.encode_words(v[lo : lo + chunk_words], fmt, bits)
+            yield pb.ClientFrame(
+                masked_input_chunk=pb.MaskedInputChunk(index=index, offset=lo, data=data)
+            )
+
+    return header, count, chunks()
+
+
+class MaskedInputSpool:
+    """Server side of one masked-input upload: header, then chunks in order, into a spool file.
+
+    Every check happens before a byte is written: round, sender, length, format, chunk size,
+    order, duplicates, and the total. The file is deleted by :meth:`discard` (also on success,
+    once the core has added the input into its accumulator).
+    """
+
+    def __init__(
+        self,
+        header: pb.MaskedInputHeader,
+        *,
+        config: RoundConfig,
+        party: int,
+        session_id: bytes,
+        spool_dir: pathlib.Path,
+        max_chunk_bytes: int,
+        formats: tuple[int, ...],
+    ) -> None:
+        if header.round_id != config.round_id:
+            raise UnexpectedMessage(
+                f"masked input for round {header.round_id}, this stream is in round "
+                f"{config.round_id}"
+            )
+        if header.sender != party:
+            raise MalformedMessage(
+                f"masked input claims sender {header.sender}, the stream is party {party}"
+            )
+        if header.session_id != session_id:
+            raise ReplayedMessage("masked input belongs to another session of this round")
+        if header.length != config.vector_length:
+            raise MalformedMessage(
+                f"masked input has length {header.length}, the round's vectors have "
+                f"{config.vector_length}"
+            )
+        if header.format not in formats:
+            raise MalformedMessage(f"masked input format {header.format} is not accepted here")
+        if header.chunk_words < 8 or header.chunk_words % 8:
+            raise MalformedMessage("chunk_words must be a positive multiple of 8")
+        self.fmt = int(header.format)
+        self.bits = config.bits
+        per_chunk = words.chunk_bytes(header.chunk_words, self.fmt, self.bits)
+        if per_chunk > max_chunk_bytes:
+            raise LimitExceeded(
+                f"chunks of {header.chunk_words} words are {per_chunk} bytes, the limit is "
+                f"{max_chunk_bytes} bytes"
+            )
+        expected_count = max(1, math.ceil(header.length / header.chunk_words))
+        if header.chunk_count != expected_count:
+            raise MalformedMessage(
+                f"{header.length} words in chunks of {header.chunk_words} make "
+                f"{expected_count} chunks, not {header.chunk_count}"
+            )
+        if len(header.signature) != 64:
+            raise MalformedMessage("the masked input signature must be 64 bytes")
+        self.round_id = int(header.round_id)
+        self.party = party
+        self.session_id = bytes(header.session_id)
+        self.signature = bytes(header.signature)
+        self.length = int(header.length)
+        self.chunk_words = int(header.chunk_words)
+        self.chunk_count = expected_count
+        self.next_index = 0
+        self.bytes_received = 0
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = _mkstemp(spool_dir, f"round-{self.round_id}-party-{party}-")
+        self.path = pathlib.Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=0)
+
+    @property
+    def complete(self) -> bool:
+        return self.next_index == self.chunk_count
+
+    def add(self, chunk: pb.MaskedInputChunk) -> None:
+        if self.complete:
+            raise MalformedMessage(f"all {self.chunk_count} chunks were already received")
+        if chunk.index != self.next_index:
+            what = "duplicated" if chunk.index < self.next_index else "out of order"
+            raise MalformedMessage(
+                f"chunk {chunk.index} is {what}: expected chunk {self.next_index} of "
+                f"{self.chunk_count}"
+            )
+        offset = self.next_index * self.chunk_words
+        if chunk.offset != offset:
+            raise MalformedMessage(f"chunk {chunk.index} has offset {chunk.offset}, not {offset}")
+        n = min(self.chunk_words, self.length - offset)
+        want = words.chunk_bytes(n, self.fmt, self.bits)
+        if len(chunk.data) != want:
+            raise MalformedMessage(
+                f"chunk {chunk.index} carries {len(chunk.data)} bytes, {n} words need {want}"
+            )
+        if self.fmt == words.UINT32_LE:
+            self._file.write(chunk.data)
+        else:
+            self._file.write(words.decode_words(chunk.data, self.fmt, self.bits, n).tobytes())
+        self.bytes_received += len(chunk.data)
+        self.next_index += 1
+
+    def finish(self) -> MaskedInput:
+        """The complete input as a MaskedInput over a read-only memmap of the spool."""
+        if not self.complete:
+            raise MalformedMessage(
+                f"the masked input ended after {self.next_index} of {self.chunk_count} chunks"
+            )
+        self._file.close()
+        vector = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.length,))
+        return MaskedInput(self.round_id, self.party, self.session_id, vector, self.signature)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _mkstemp(directory: pathlib.Path, prefix: str) -> tuple[int, str]:
+    import tempfile
+
+    return tempfile.mkstemp(prefix=prefix, suffix=".u32", dir=directory)
+
+
+# --- server messages ---------------------------------------------------------------------------
+
+
+def encode_server_message(message: ServerMessage) -> pb.ServerFrame:
+    if isinstance(message, KeyRoster):
+        return pb.ServerFrame(
+            key_roster=pb.KeyRoster(
+                round_id=message.round_id,
+                advertisements=[
+                    pb.AdvertiseKeys(
+                        round_id=a.round_id,
+                        sender=a.sender,
+                        cipher_public_key=a.cipher_public_key,
+                        mask_public_key=a.mask_public_key,
+                        signature=a.signature,
+                    )
+                    for a in message.advertisements
+                ],
+            )
+        )
+    if isinstance(message, ShareBundle):
+        return pb.ServerFrame(
+            share_bundle=pb.ShareBundle(
+                round_id=message.round_id,
+                session_id=message.session_id,
+                encrypted_shares=_to_pairs(message.encrypted_shares),
+            )
+        )
+    if isinstance(message, SurvivorsRequest):
+        return pb.ServerFrame(
+            survivors_request=pb.SurvivorsRequest(
+                round_id=message.round_id,
+                session_id=message.session_id,
+                survivors=list(message.survivors),
+            )
+        )
+    if isinstance(message, UnmaskRequest):
+        return pb.ServerFrame(
+            unmask_request=pb.UnmaskRequest(
+                round_id=message.round_id,
+                session_id=message.session_id,
+                survivors=list(message.survivors),
+                dropped=list(message.dropped),
+                consistency_signatures=_to_pairs(message.consistency_signatures),
+            )
+        )
+    raise TypeError(f"cannot frame {type(message).__name__}")
+
+
+def decode_server_frame(frame: pb.ServerFrame) -> ServerMessage:
+    """The protocol message in a server frame (not Welcome/outcome frames)."""
+    kind = frame.WhichOneof("frame")
+    if kind == "key_roster":
+        k = frame.key_roster
+        return KeyRoster(int(k.round_id), tuple(_advertise_from_proto(a) for a in k.advertisements))
+    if kind == "share_bundle":
+        s = frame.share_bundle
+        return ShareBundle(
+            int(s.round_id),
+            s.session_id,
+            _pairs(s.encrypted_shares, SHARE_CIPHERTEXT_BYTES, "encrypted share"),
+        )
+    if kind == "survivors_request":
+        r = frame.survivors_request
+        return SurvivorsRequest(int(r.round_id), r.session_id, tuple(r.survivors))
+    if kind == "unmask_request":
+        u = frame.unmask_request
+        return UnmaskRequest(
+            int(u.round_id),
+            u.session_id,
+            tuple(u.survivors),
+            tuple(u.dropped),
+            _pairs(u.consistency_signatures, 64, "consistency signature"),
+        )
+    raise MalformedMessage(f"server frame {kind or 'with no content'} is not a protocol message")

@@ -1,0 +1,365 @@
+"""The ``secagg.v1.Aggregator`` gRPC service: decode, call the round coordinator, encode.
+
+Each ``Participate`` stream has a reader thread that decodes client frames and hands them to the
+round's coordinator, and the handler thread that yields the stream's outbox. Any rejected frame
+ends the stream with the status of :data:`secagg.transport.errors.STATUS_TABLE`; the client is
+then out of the round (a dropout), and the round goes on for everybody else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from secagg.crypto import IdentityPublicKey
+from secagg.errors import InvalidSignature, MalformedMessage, SecAggError, UnexpectedMessage
+from secagg.service.coordinator import END, Outbox, RoundCoordinator, Terminate
+from secagg.service.logs import log_event
+from secagg.store import StoredRound
+from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
+from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
+from secagg.transport.codec import (
+    MaskedInputSpool,
+    decode_client_message,
+    verify_get_result,
+)
+from secagg.transport.errors import (
+    DeadlineMissed,
+    LimitExceeded,
+    NotFound,
+    NotJoinable,
+    UnknownIdentity,
+    status_for,
+)
+
+if TYPE_CHECKING:
+    from secagg.service.aggregator import Aggregator
+
+__all__ = ["AggregatorServicer"]
+
+GET_RESULT_WINDOW_MS = 300_000
+MIN_CHUNK_WORDS = 1024
+RESULT_CHUNK_WORDS = 1 << 18
+
+
+class _Stream:
+    """The server side of one Participate call."""
+
+    def __init__(self, aggregator: Aggregator, context: grpc.ServicerContext) -> None:
+        self.aggregator = aggregator
+        self.log = aggregator.log
+        self.context = context
+        self.outbox = Outbox()
+        self.round: RoundCoordinator | None = None
+        self.party: int | None = None
+        self.nonce = b""
+        self.joined = False
+        self.spool: MaskedInputSpool | None = None
+        self.frames = 0
+        self.bytes = 0
+        self.handshake_deadline: float | None = (
+            time.monotonic() + aggregator.config.handshake_timeout
+        )
+        self._lock = threading.Lock()
+
+    # --- reader thread ------------------------------------------------------------
+
+    def read_loop(self, requests: Iterator[pb.ClientFrame]) -> None:
+        try:
+            for frame in requests:
+                if self.outbox.closed:
+                    return
+                self._count(frame)
+                self._handle(frame)
+        except SecAggError as exc:
+            self.reject(exc)
+        except Exception as exc:  # the RPC ended under us (cancelled, disconnected, spool gone)
+            if not self.outbox.closed and not isinstance(exc, grpc.RpcError):
+                log_event(
+                    self.log,
+                    "stream_error",
+                    logging.ERROR,
+                    party=self.party,
+                    error=type(exc).__name__,
+                )
+            self.lost()
+
+    def _count(self, frame: pb.ClientFrame) -> None:
+        size = frame.ByteSize()
+        self.frames += 1
+        self.bytes += size
+        cfg = self.aggregator.config
+        max_frames = 8 + math.ceil(cfg.vector_length / MIN_CHUNK_WORDS)
+        max_bytes = 4 * cfg.vector_length + 8 * cfg.max_message_bytes
+        if self.frames > max_frames or self.bytes > max_bytes:
+            raise LimitExceeded(
+                f"the stream exceeded its limits ({max_frames} frames, {max_bytes} bytes)"
+            )
+
+    def _handle(self, frame: pb.ClientFrame) -> None:
+        kind = frame.WhichOneof("frame")
+        if kind == "hello":
+            self._hello(frame.hello)
+        elif kind == "join":
+            self._join(frame.join)
+        elif not self.joined:
+            raise UnexpectedMessage(f"{kind or 'an empty frame'} before Hello and Join")
+        elif kind == "masked_input_header":
+            if self.spool is not None:
+                raise MalformedMessage("a second masked input header on one stream")
+            assert self.round is not None and self.party is not None
+            if (
+                frame.masked_input_header.chunk_words
+                < min(MIN_CHUNK_WORDS, self.round.config.vector_length)
+                and frame.masked_input_header.chunk_count > 1
+            ):
+                raise LimitExceeded(f"chunks must hold at least {MIN_CHUNK_WORDS} words")
+            self.spool = self.round.open_spool(self.party, frame.masked_input_header)
+        elif kind == "masked_input_chunk":
+            if self.spool is None:
+                raise UnexpectedMessage("a masked input chunk before its header")
+            assert self.round is not None and self.party is not None
+            self.spool.add(frame.masked_input_chunk)
+            if self.spool.complete:
+                self.round.finish_spool(self.party, self.spool)
+        else:
+            assert self.round is not None and self.party is not None
+            self.round.submit(self.party, decode_client_message(frame))
+
+    def _hello(self, hello: pb.Hello) -> None:
+        if self.round is not None:
+            raise UnexpectedMessage("a second Hello on one stream")
+        key = bytes(hello.identity_public_key)
+        if len(key) != 32:
+            raise MalformedMessage("the identity public key must be 32 bytes")
+        self.aggregator.check_identity(key)  # PERMISSION_DENIED before waiting for a round
+        self.handshake_deadline = None
+        self.round = self.aggregator.round_for_join()
+        self.party = self.round.party_of(key)
+        self.nonce = os.urandom(32)
+        self.handshake_deadline = time.monotonic() + self.aggregator.config.handshake_timeout
+        self.outbox.send(self.round.welcome(self.party, self.nonce))
+
+    def _join(self, join: pb.Join) -> None:
+        if self.round is None or self.party is None:
+            raise UnexpectedMessage("Join before Hello")
+        if self.joined:
+            raise UnexpectedMessage("a second Join on one stream")
+        self.round.join(self.party, join, self.nonce, self.outbox)
+        self.joined = True
+        self.handshake_deadline = None
+
+    # --- endings ------------------------------------------------------------
+
+    def reject(self, exc: BaseException) -> None:
+        code, details = status_for(exc)
+        log_event(
+            self.log,
+            "message_rejected",
+            logging.WARNING,
+            party=self.party,
+            round=self.round.round_id if self.round else None,
+            code=code.name,
+            reason=details,
+        )
+        self._discard_spool()
+        if self.joined and self.round is not None and self.party is not None:
+            self.round.leave(self.party, Terminate(code, details), why=code.name)
+        self.outbox.terminate(code, details)
+
+    def lost(self) -> None:
+        self._discard_spool()
+        if self.joined and self.round is not None and self.party is not None:
+            self.round.leave(self.party, why="stream closed")
+        self.outbox.end()
+
+    def _discard_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.discard()
+
+
+class AggregatorServicer(pb_grpc.AggregatorServicer):
+    def __init__(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+        self.log = aggregator.log
+
+    def Participate(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[pb.ClientFrame], context: grpc.ServicerContext
+    ) -> Iterator[pb.ServerFrame]:
+        stream = _Stream(self.aggregator, context)
+        context.add_callback(stream.lost)
+        reader = threading.Thread(
+            target=stream.read_loop, args=(request_iterator,), daemon=True, name="secagg-reader"
+        )
+        reader.start()
+        while True:
+            try:
+                item = stream.outbox.queue.get(timeout=0.25)
+            except queue.Empty:
+                if not context.is_active():
+                    return
+                deadline = stream.handshake_deadline
+                if deadline is not None and time.monotonic() > deadline:
+                    stream.reject(
+                        DeadlineMissed(
+                            "no Hello/Join within "
+                            f"{self.aggregator.config.handshake_timeout:g} s of the stream opening"
+                        )
+                    )
+                continue
+            if isinstance(item, Terminate):
+                context.abort(item.code, item.details)
+            if item is END:
+                return
+            yield item
+
+    # --- results and records ------------------------------------------------------------
+
+    def _stored(self, round_id: int) -> StoredRound:
+        stored = self.aggregator.store.get_round(round_id)
+        if stored is None:
+            raise NotFound(f"round {round_id} does not exist on this aggregator")
+        return stored
+
+    def GetResult(  # noqa: N802
+        self, request: pb.GetResultRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ResultChunk]:
+        try:
+            stored = self._stored(request.round_id)
+            key = bytes(request.identity_public_key)
+            roster = {bytes.fromhex(k) for k in stored.config["roster"].values()}
+            if key not in roster:
+                raise UnknownIdentity(
+                    f"this identity is not in the roster of round {request.round_id}"
+                )
+            skew = abs(int(time.time() * 1000) - request.issued_at_ms)
+            if skew > GET_RESULT_WINDOW_MS:
+                raise InvalidSignature(
+                    f"the request was issued {skew / 1000:.0f} s away from the aggregator's "
+                    f"clock (at most {GET_RESULT_WINDOW_MS // 1000} s)"
+                )
+            verify_get_result(
+                IdentityPublicKey.from_bytes(key),
+                request.signature,
+                request.round_id,
+                request.issued_at_ms,
+            )
+            if stored.status == "running":
+                raise NotJoinable(f"round {request.round_id} is still running")
+            if stored.status == "aborted":
+                context.abort(
+                    grpc.StatusCode.ABORTED,
+                    f"round aborted at stage {stored.abort_stage}: {stored.abort_reason}",
+                )
+            chunks = self.aggregator.result_chunks(stored, RESULT_CHUNK_WORDS)
+        except (SecAggError, OSError, KeyError) as exc:
+            if isinstance(exc, SecAggError):
+                context.abort(*status_for(exc))
+            log_event(
+                self.log,
+                "result_unavailable",
+                logging.ERROR,
+                round=stored.round_id,
+                error=type(exc).__name__,
+            )
+            context.abort(
+                grpc.StatusCode.DATA_LOSS,
+                f"the result of round {stored.round_id} is missing or damaged on the aggregator",
+            )
+        length = int(stored.config["vector_length"])
+        enc = stored.config["encoding"]
+        yield pb.ResultChunk(
+            header=pb.ResultHeader(
+                round_id=stored.round_id,
+                vector_length=length,
+                bits=int(stored.config["bits"]),
+                encoding=pb.Encoding(
+                    clip=enc["clip"], scale=enc["scale"], max_clients=enc["max_clients"]
+                ),
+                survivors=list(stored.survivors),
+                result_digest=stored.result_digest or b"",
+                format=pb.WORD_FORMAT_UINT32_LE,
+            )
+        )
+        offset = 0
+        for block in chunks:
+            yield pb.ResultChunk(offset=offset, data=block)
+            offset += len(block) // 4
+        log_event(self.log, "result_served", round=stored.round_id, words=offset)
+
+    def GetRoundRecord(  # noqa: N802
+        self, request: pb.GetRoundRecordRequest, context: grpc.ServicerContext
+    ) -> pb.RoundRecord:
+        try:
+            stored = self._stored(request.round_id)
+        except SecAggError as exc:
+            context.abort(*status_for(exc))
+        records = self.aggregator.store.records(stored.round_id)
+        return pb.RoundRecord(
+            round_id=stored.round_id,
+            status=_STATUS[stored.status],
+            config_digest=stored.config_digest,
+            started_at_ms=stored.started_at_ms,
+            finished_at_ms=stored.finished_at_ms or 0,
+            stages=[
+                pb.StageParticipation(stage=s, participants=list(done), dropouts=list(dropped))
+                for s, (done, dropped) in _stage_order(stored.participation)
+            ],
+            survivors=list(stored.survivors),
+            result_digest=stored.result_digest or b"",
+            abort_stage=stored.abort_stage or "",
+            abort_reason=stored.abort_reason or "",
+            records=[
+                pb.AppendedRecord(kind=r.kind, json=r.record_json, created_at_ms=r.created_at_ms)
+                for r in records
+            ],
+            vector_length=int(stored.config["vector_length"]),
+            roster_size=len(stored.config["roster"]),
+            threshold=int(stored.config["threshold"]),
+        )
+
+    def ListRounds(  # noqa: N802
+        self, request: pb.ListRoundsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRoundsResponse:
+        limit = request.limit or 100
+        if limit > 1000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be at most 1000")
+        rounds = self.aggregator.store.list_rounds(request.start_round_id, limit)
+        return pb.ListRoundsResponse(
+            rounds=[
+                pb.RoundSummary(
+                    round_id=r.round_id,
+                    status=_STATUS[r.status],
+                    survivors=len(r.survivors),
+                    started_at_ms=r.started_at_ms,
+                    finished_at_ms=r.finished_at_ms or 0,
+                    abort_reason=r.abort_reason or "",
+                )
+                for r in rounds
+            ]
+        )
+
+
+_STATUS: dict[str, Any] = {
+    "running": pb.ROUND_STATUS_RUNNING,
+    "completed": pb.ROUND_STATUS_COMPLETED,
+    "aborted": pb.ROUND_STATUS_ABORTED,
+}
+_STAGE_ORDER = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
+
+
+def _stage_order(
+    participation: Any,
+) -> list[tuple[str, tuple[tuple[int, ...], tuple[int, ...]]]]:
+    return sorted(
+        participation.items(),
+        key=lambda kv: _STAGE_ORDER.index(kv[0]) if kv[0] in _STAGE_ORDER else 99,
+    )

@@ -1,0 +1,134 @@
+"""A reduced ``secagg demo`` end to end: run directory, reports, report.html, budget, resume."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("opacus")
+
+from secagg.accounting import PrivacyReport, RdpAccountant
+from secagg.cli import main
+from secagg.demo.data import WDBC_PUBLISHED_RANGES, load_demo_data
+from secagg.demo.federated import DemoConfig, run_demo
+from secagg.reporting import RunDirectory
+
+SMALL = {"rounds": 3, "local_epochs": 1}
+
+
+def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    buf = io.StringIO()
+    cfg = DemoConfig(site_budgets={"hospital-2": 1e-3}, **SMALL)
+    result = run_demo(cfg, run_dir=run_dir, out=buf, progress=False)
+    text = buf.getvalue()
+
+    rd = RunDirectory(run_dir)
+    assert rd.round_ids() == [1, 2, 3]
+    for rid in (1, 2, 3):
+        d = run_dir / "rounds" / str(rid)
+        assert {p.name for p in d.iterdir()} == {
+            "round.json",
+            "privacy.json",
+            "accountant.json",
+            "global_weights.npy",
+        }
+        raw = (d / "privacy.json").read_text().strip()
+        report = PrivacyReport.from_json(raw)
+        assert report.to_json() == raw  # schema round trip, byte for byte
+        assert report.round_id == rid and report.protection_mode == "mask"
+        assert "hospital-2" not in report.participants
+        assert report.site_level is not None and report.site_level.min_clients == 3
+        assert {r.site for r in report.record_level} <= set(report.participants) | set(
+            report.dropouts
+        )
+        record = rd.read_record(rid)
+        assert "hospital-2" in record.declined
+        assert record.survivors == report.participants
+
+    # Round 2 drops hospital-3 at the masked input (not in the sum); round 3 drops hospital-1
+    # before unmasking (its input is in the sum).
+    r2, r3 = rd.read_record(2), rd.read_record(3)
+    assert r2.dropouts == {"masked_input": ("hospital-3",)}
+    assert "hospital-3" not in r2.survivors
+    assert r3.dropouts == {"unmask": ("hospital-1",)}
+    assert "hospital-1" in r3.survivors
+
+    # The stored accountant replays to the reported cumulative site-level epsilon.
+    state = rd.read_accountant_state(3)
+    acc = RdpAccountant()
+    acc.load_state_dict(state["site_level"])
+    assert len(acc.history) == 3
+    assert acc.get_epsilon(1e-5) == pytest.approx(result.reports[-1].site_level.epsilon_cumulative)
+    assert set(state["record_level"]) == {f"hospital-{k}" for k in range(1, 6)}
+
+    html = (run_dir / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
+    assert "hospital-2" in html and "<table>" in html
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["comparison"]) == 6
+    assert "declines" in text and "federated F1" in text and "report:" in text
+    assert np.isfinite(result.federated_f1) and len(result.baselines) == 5
+
+
+def test_resumed_run_continues_the_ledger(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = DemoConfig(baselines=False, rounds=2, local_epochs=1)
+    run_demo(cfg, run_dir=run_dir, out=io.StringIO(), progress=False)
+    rd = RunDirectory(run_dir)
+    # Pretend the aggregator is restarted with a longer plan: edit the stored config's rounds.
+    stored = rd.read_config()
+    stored["rounds"] = 3
+    rd.write_config(stored)
+    result = run_demo(None, run_dir=run_dir, resume=True, out=io.StringIO(), progress=False)
+    assert rd.round_ids() == [1, 2, 3]
+    reps = result.reports
+    assert [r.round_id for r in reps] == [1, 2, 3]
+    acc = RdpAccountant()
+    acc.load_state_dict(rd.read_accountant_state(3)["site_level"])
+    assert len(acc.history) == 3
+    assert reps[2].site_level.epsilon_cumulative == pytest.approx(acc.get_epsilon(1e-5))
+    assert reps[2].site_level.epsilon_cumulative > reps[1].site_level.epsilon_cumulative
+    rec = {r.site: r for r in reps[2].record_level}
+    prev = {r.site: r for r in reps[1].record_level}
+    for site in set(rec) & set(prev):
+        assert rec[site].epsilon_cumulative > prev[site].epsilon_cumulative
+
+
+def test_cli_demo_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "cli"
+    argv = ["demo", "--rounds", "2", "--local-epochs", "1", "--no-baselines", "--no-progress"]
+    argv += ["--run-dir", str(run_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "max record eps" in out and "report.html" in out
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert "site-level eps" in capsys.readouterr().out
+    assert (run_dir / "report.html").is_file()
+    assert main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_split_is_non_iid_with_a_stratified_test_set() -> None:
+    data = load_demo_data(5, seed=0)
+    fractions = [s.malignant_fraction for s in data.sites]
+    assert max(fractions) - min(fractions) > 0.3
+    assert min(s.size for s in data.sites) >= 20
+    assert sum(s.size for s in data.sites) + data.test_labels.size == 569
+    assert abs(np.mean(data.test_labels == 0) - 212 / 569) < 0.01
+    assert all(np.all(np.abs(s.features) <= 1.05) for s in data.sites)
+
+
+def test_public_ranges_are_the_published_table() -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    descr = load_breast_cancer().DESCR
+    rows = [line for line in descr.splitlines() if "):" in line and line[0].isalpha()]
+    published = [tuple(float(v) for v in line.split(":")[1].split()) for line in rows]
+    assert published == list(WDBC_PUBLISHED_RANGES)

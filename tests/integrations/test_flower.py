@@ -1,0 +1,183 @@
+"""The Flower adapter in Flower's simulation engine: several clients, one dropping mid-round.
+
+The simulation is Flower 1.42's own engine (LinkState, InMemoryGrid, Simulation Runtime worker
+loop, ServerApp runner) with the Ray backend replaced by threads; see
+``secagg.integrations.flower.simulation`` for why (Ray listens on every interface and takes ~18 s
+to start).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context, Message
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow
+from flwr.serverapp import Grid, ServerApp
+
+from secagg.accounting import PrivacyReport
+from secagg.crypto import IdentityKey
+from secagg.integrations.flower import (
+    PRIVACY_RECORD,
+    RECORD_KEY,
+    DistributedDP,
+    SecAggWorkflow,
+    make_secagg_mod,
+)
+from secagg.integrations.flower.simulation import run_simulation_in_process
+
+N = 5
+SHAPES = [(3, 4), (5,)]
+
+
+def site_update(pid: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(pid)
+    return [rng.normal(0, 2, s) for s in SHAPES]
+
+
+def site_examples(pid: int) -> int:
+    return 10 * (pid + 1) + 3
+
+
+class SiteClient(NumPyClient):
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def fit(self, parameters: Any, config: Any) -> Any:
+        return site_update(self.pid), site_examples(self.pid), {"pid": self.pid}
+
+
+def client_fn(context: Context) -> Any:
+    return SiteClient(int(context.node_config["partition-id"])).to_client()
+
+
+def dropper(pid: int, stage: str) -> Any:
+    """A mod that makes partition ``pid`` raise when the server asks for ``stage``."""
+
+    def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        record = msg.content.config_records.get(RECORD_KEY)
+        here = int(ctxt.node_config["partition-id"]) == pid
+        if here and record is not None and record["stage"] == stage:
+            raise RuntimeError(f"partition {pid} drops at {stage}")
+        return call_next(msg, ctxt)
+
+    return mod
+
+
+def run(workflow: SecAggWorkflow, mods: list[Any], rounds: int = 1) -> Context:
+    client_app = ClientApp(client_fn=client_fn, mods=mods)
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedAvg(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_fit_clients=N,
+            min_available_clients=N,
+            initial_parameters=ndarrays_to_parameters([np.zeros(s) for s in SHAPES]),
+        )
+        legacy = LegacyContext(
+            context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy
+        )
+        DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
+
+    return run_simulation_in_process(server_app, client_app, N)
+
+
+def expected_mean(survivors: list[int], wf: SecAggWorkflow) -> tuple[list[np.ndarray], float]:
+    clip = wf.clipping_range
+    weights = {p: site_examples(p) / wf.max_weight for p in survivors}
+    total = sum(weights.values())
+    mean = [
+        sum(weights[p] * np.clip(site_update(p)[i], -clip, clip) for p in survivors) / total
+        for i in range(len(SHAPES))
+    ]
+    return mean, total
+
+
+@pytest.mark.parametrize(
+    ("stage", "in_sum"),
+    [("register", False), ("masked_input", False), ("consistency_check", True)],
+)
+def test_aggregate_equals_weighted_average_of_survivors(stage: str, in_sum: bool) -> None:
+    drop = 2
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, clipping_range=3.0, timeout=30)
+    context = run(wf, [dropper(drop, stage), make_secagg_mod()])
+    (summary,) = wf.reports
+    assert summary.abort_reason is None
+    survivors = [p for p in range(N) if p != drop or in_sum]
+    assert len(summary.survivors) == len(survivors)
+    want, total_weight = expected_mean(survivors, wf)
+    # Each of the k weighted inputs, and the weight slot, is off by < 1/scale after decoding, so
+    # the mean is off by < (k / scale) * (1 + |mean| / clip) / W <= 2 k / (scale W).
+    k = len(survivors)
+    bound = 2.02 * k * wf.encoding(N).resolution / total_weight
+    got = context.state.array_records["parameters"].to_numpy_ndarrays()
+    assert [g.shape for g in got] == SHAPES
+    for g, w in zip(got, want, strict=True):
+        assert np.max(np.abs(g - w)) <= bound
+    # Strategy aggregation is untouched: the mean really moved away from the initial zeros.
+    assert max(float(np.max(np.abs(g))) for g in got) > 0.1
+    report = PrivacyReport.from_json(str(context.state.config_records[PRIVACY_RECORD]["round-1"]))
+    assert len(report.participants) == k and len(report.dropouts) == N - k
+    assert report.site_level is None and report.protection_mode == "mask"
+
+
+def test_distributed_dp_round_reports_epsilon_and_stays_near_the_mean() -> None:
+    dp = DistributedDP(l2_clip=10.0, noise_multiplier=0.05, delta=1e-5)
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, distributed_dp=dp, timeout=30)
+    context = run(wf, [dropper(4, "masked_input"), make_secagg_mod(min_noise_multiplier=0.01)])
+    (summary,) = wf.reports
+    assert summary.abort_reason is None and len(summary.survivors) == N - 1
+    report = summary.report
+    assert report.site_level is not None and 0 < report.site_level.epsilon_round < float("inf")
+    stored = json.loads(str(context.state.config_records[PRIVACY_RECORD]["round-1"]))
+    assert stored["site_level"]["mechanism"] == "ddgauss"
+    # DP aggregates unweighted updates (global model was zeros, so update = parameters).
+    updates = [site_update(p) for p in range(N - 1)]
+    got = context.state.array_records["parameters"].to_numpy_ndarrays()
+    flat_want = np.concatenate([np.mean([u[i] for u in updates], axis=0).ravel() for i in range(2)])
+    flat_got = np.concatenate([g.ravel() for g in got])
+    # noise stddev of the mean: z * C / k = 0.125; rounding adds a little more.
+    assert np.linalg.norm(flat_got - flat_want) / np.sqrt(flat_got.size) < 0.5
+
+
+def test_clients_with_a_trusted_roster_refuse_a_sybil_round() -> None:
+    keys = [IdentityKey.generate() for _ in range(N)]
+    seeds = [k.private_bytes() for k in keys]
+
+    def identity(context: Context) -> IdentityKey:
+        return IdentityKey.from_private_bytes(seeds[int(context.node_config["partition-id"])])
+
+    # Partition 0 is a Sybil the server slipped in: its key is not in the clients' roster.
+    trusted = [k.public_key for k in keys[1:]]
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, timeout=30)
+    run(wf, [make_secagg_mod(identity=identity, trusted_roster=trusted)])
+    (summary,) = wf.reports
+    assert summary.abort_reason is not None and summary.aggregate is None
+
+    # With the same pre-registered roster on the server, the Sybil is left out and the round runs.
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, roster=trusted, timeout=30)
+    run(wf, [make_secagg_mod(identity=identity, trusted_roster=trusted)])
+    (summary,) = wf.reports
+    assert summary.abort_reason is None and len(summary.parties) == N - 1
+
+
+def test_importing_secagg_does_not_import_flower() -> None:
+    code = "import sys, secagg, secagg.wire, secagg.integrations; print('flwr' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,119 @@
+"""The run directory and the HTML report, on hand-made records (no torch, no training)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from secagg.accounting import (
+    PRIVACY_REPORT_SCHEMA_VERSION,
+    DistributedDPStatement,
+    PrivacyReport,
+    SiteRecordLevelDP,
+)
+from secagg.errors import ConfigError
+from secagg.reporting import RoundRecord, RunDirectory, render_html_report
+
+
+def _round(rd: RunDirectory, rid: int) -> None:
+    site = DistributedDPStatement(
+        mechanism="ddgauss",
+        l2_clip=5.0,
+        noise_stddev_total=0.05,
+        min_clients=3,
+        bits=32,
+        wraparound_probability=0.0,
+        epsilon_round=100.0,
+        epsilon_cumulative=100.0 * rid,
+        delta=1e-5,
+    )
+    rec = tuple(
+        SiteRecordLevelDP(
+            site=f"h{k}",
+            accountant="rdp",
+            noise_multiplier=1.5,
+            sample_rate=0.2,
+            steps=5,
+            delta=1e-5,
+            epsilon_round=1.0,
+            epsilon_cumulative=float(rid),
+        )
+        for k in (1, 2, 3)
+    )
+    report = PrivacyReport(
+        schema_version=PRIVACY_REPORT_SCHEMA_VERSION,
+        round_id=rid,
+        protection_mode="mask",
+        participants=("h1", "h2"),
+        dropouts=("h3",),
+        site_level=site,
+        record_level=rec,
+        created_at="2026-11-25T12:00:00+00:00",
+    )
+    record = RoundRecord(
+        round_id=rid,
+        roster=("h1", "h2", "h3", "h4"),
+        survivors=("h1", "h2"),
+        dropouts={"masked_input": ("h3",)},
+        declined={"h4": "site h4 declines: <over budget>"},
+        accuracy=0.5 + 0.1 * rid,
+        f1=0.4 + 0.1 * rid,
+        aggregate_sha256="00" * 32,
+        session_id="ab" * 16,
+        rotation_seed=rid,
+        seconds=0.1,
+    )
+    rd.write_round(record, report, {"site_level": {"x": rid}}, np.arange(3.0) * rid)
+
+
+def test_run_directory_round_trips_and_report_embeds_a_png(tmp_path: Path) -> None:
+    rd = RunDirectory(tmp_path / "run")
+    rd.write_config({"sites": 4})
+    for rid in (1, 2, 10):
+        _round(rd, rid)
+    assert rd.round_ids() == [1, 2, 10]  # numeric, not lexicographic, order
+    assert rd.read_report(2).round_id == 2
+    assert rd.read_record(10).declined == {"h4": "site h4 declines: <over budget>"}
+    assert rd.read_accountant_state(10)["site_level"] == {"x": 10}
+    assert np.array_equal(rd.read_global_weights(2), [0.0, 2.0, 4.0])
+    rd.write_summary({"comparison": [{"model": "fed", "records": 9, "accuracy": 0.9, "f1": 0.8}]})
+    path = render_html_report(rd.path)
+    html = path.read_text()
+    png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert png and base64.b64decode(png.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "&lt;over budget&gt;" not in html or "<over budget>" not in html  # escaped
+    assert html.count("<tr>") >= 3 + 1 + 1
+    assert "h3 @ masked_input" in html
+
+
+def test_incomplete_round_is_not_listed_and_mismatched_ids_are_refused(tmp_path: Path) -> None:
+    rd = RunDirectory(tmp_path)
+    _round(rd, 1)
+    (rd.round_dir(2)).mkdir(parents=True)
+    (rd.round_dir(2) / "round.json").write_text("{}")
+    assert rd.round_ids() == [1]
+    record = rd.read_record(1)
+    with pytest.raises(ConfigError):
+        rd.write_round(
+            record,
+            rd.read_report(1).__class__.from_json(
+                rd.read_report(1).to_json().replace('"round_id":1', '"round_id":5')
+            ),
+            {},
+            np.zeros(1),
+        )
+
+
+def test_reporting_package_imports_neither_torch_nor_matplotlib() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, secagg.reporting, secagg.demo, secagg.demo.federated; "
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
