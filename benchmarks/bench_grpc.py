@@ -187,12 +187,14 @@ def run(
         save_identity(IdentityKey.generate(), keys[p])
         pub = load_identity(keys[p]).public_key.to_bytes().hex()
         roster.append(f'[[roster]]\nparty = {p}\npublic_key = "{pub}"')
+    save_identity(IdentityKey.generate(), tmp / "aggregator.key")
     config = tmp / "aggregator.toml"
     config.write_text(
         "\n".join(
             [
                 'listen = "127.0.0.1:0"',
                 f'data_dir = "{tmp / "data"}"',
+                f'aggregator_key = "{tmp / "aggregator.key"}"',
                 "rounds = 1",
                 f"vector_length = {m}",
                 "[encoding]\nclip = 1.0",

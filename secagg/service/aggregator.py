@@ -141,6 +141,8 @@ class Aggregator:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.so_reuseport", 0),
         ]
+        import json as _j, os as _o  # EXPERIMENT-HOOK
+        options += [tuple(x) for x in _j.loads(_o.environ.get("SECAGG_EXP_OPTS", "[]"))]  # EXPERIMENT-HOOK
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-rpc"),
             options=options,

@@ -4,6 +4,8 @@ Example (paths are relative to the file)::
 
     listen = "127.0.0.1:50051"
     data_dir = "aggregator-data"
+    aggregator_key = "aggregator.key"  # Ed25519 key that signs the audit records (required;
+                                      # create it with `secagg keys generate --out aggregator.key`)
     rounds = 3
     vector_length = 10000
     context = "model-v7"            # optional, bound into every round
@@ -31,9 +33,18 @@ Example (paths are relative to the file)::
     private_key = "server.key"
     client_ca = "clients-ca.crt"    # optional: mutual TLS
 
+    [distributed_dp]                # optional: site-level distributed DP the sites apply
+    l2_clip = 5.0
+    noise_multiplier = 0.5          # or target_epsilon (with rounds_planned)
+    # min_clients = 3               # default: the threshold; expected_clients: the roster size
+    # dimension = 1000              # floats per update (default: vector_length); vector_length
+                                    # must be its padded size (next power of two with hadamard)
+    # mechanism = "ddgauss"         # or "skellam"; delta = 1e-5; rotation = "hadamard"
+
     [[roster]]
     party = 1
     public_key = "<hex or base64 Ed25519 public key>"
+    name = "hospital-1"             # optional: the site's name in privacy reports (default "1")
 """
 
 from __future__ import annotations
@@ -47,7 +58,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from secagg.crypto import IdentityPublicKey
+from secagg.crypto import IdentityKey, IdentityPublicKey
+from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError
 from secagg.protocol import ACTIVE_STAGES, Stage, choose_parameters
@@ -91,6 +103,7 @@ class ServiceConfig:
     threshold: int
     degree: int | None
     encoding: FixedPointEncoding
+    aggregator_key: IdentityKey = field(repr=False)
     listen: str = "127.0.0.1:50051"
     data_dir: pathlib.Path = pathlib.Path("aggregator-data")
     rounds: int = 1
@@ -106,9 +119,20 @@ class ServiceConfig:
     tls_private_key: bytes | None = field(default=None, repr=False)
     tls_client_ca: bytes | None = field(default=None, repr=False)
     insecure_allow_plaintext: bool = False
+    distributed_dp: DistributedDPConfig | None = None
+    site_names: Mapping[int, str] = field(default_factory=dict)
+    """party -> the site's name in privacy reports (default: the party id as a string)."""
+
+    def site_name(self, party: int) -> str:
+        return self.site_names.get(party, str(party))
 
     def __post_init__(self) -> None:
         n = len(self.roster)
+        if not isinstance(self.aggregator_key, IdentityKey):
+            raise ConfigError("aggregator_key must be an IdentityKey (see load_identity)")
+        names = [self.site_name(p) for p in self.roster]
+        if len(set(names)) != len(names):
+            raise ConfigError("two roster parties share one name")
         if n < 2:
             raise ConfigError(f"the roster needs at least 2 parties, it has {n}")
         keys = [k.to_bytes() for k in self.roster.values()]
@@ -163,6 +187,77 @@ def _number(table: Mapping[str, Any], key: str, where: str, default: Any = None)
     return value
 
 
+def _load_aggregator_key(path: pathlib.Path) -> IdentityKey:
+    from secagg.client import load_identity
+
+    if not path.is_file():
+        raise ConfigError(
+            f"the aggregator key {path} does not exist; create it with: "
+            f"secagg keys generate --out {path}"
+        )
+    try:
+        return load_identity(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the aggregator key {path}: {exc}") from exc
+
+
+_DP_KEYS = {
+    "l2_clip",
+    "noise_multiplier",
+    "target_epsilon",
+    "rounds_planned",
+    "min_clients",
+    "expected_clients",
+    "dimension",
+    "bits",
+    "delta",
+    "beta",
+    "mechanism",
+    "rotation",
+    "max_wraparound_probability",
+}
+
+
+def _distributed_dp(
+    dp: Mapping[str, Any], *, vector_length: int, bits: int, threshold: int, roster_size: int
+) -> DistributedDPConfig | None:
+    """The [distributed_dp] section as a DistributedDPConfig (None if the section is absent)."""
+    if not dp:
+        return None
+    unknown = set(dp) - _DP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown [distributed_dp] entries: {sorted(unknown)}")
+    where = "[distributed_dp] "
+    if _number(dp, "l2_clip", where) is None:
+        raise ConfigError(f"{where}l2_clip is required")
+    kwargs: dict[str, Any] = {
+        "l2_clip": float(_number(dp, "l2_clip", where)),
+        "expected_clients": int(_number(dp, "expected_clients", where, roster_size)),
+        "min_clients": int(_number(dp, "min_clients", where, threshold)),
+        "dimension": int(_number(dp, "dimension", where, vector_length)),
+        "bits": int(_number(dp, "bits", where, bits)),
+        "delta": float(_number(dp, "delta", where, 1e-5)),
+        "rounds": int(_number(dp, "rounds_planned", where, 1)),
+    }
+    for key in ("noise_multiplier", "target_epsilon", "beta", "max_wraparound_probability"):
+        value = _number(dp, key, where)
+        if value is not None:
+            kwargs[key] = float(value)
+    for key in ("mechanism", "rotation"):
+        if key in dp:
+            kwargs[key] = str(dp[key])
+    try:
+        config = DistributedDPConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}{exc}") from exc
+    if config.padded_dimension != vector_length:
+        raise ConfigError(
+            f"{where}the sites encode {config.dimension} values into {config.padded_dimension} "
+            f"coordinates: set vector_length = {config.padded_dimension}"
+        )
+    return config
+
+
 def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
     """Read a TOML configuration; ``overrides`` (not None) replace its values."""
     path = pathlib.Path(path)
@@ -185,6 +280,7 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
             raise ConfigError(f"cannot read the {what} {p}: {exc}") from exc
 
     roster: dict[int, IdentityPublicKey] = {}
+    site_names: dict[int, str] = {}
     entries = doc.get("roster", [])
     if not isinstance(entries, list):
         raise ConfigError("roster must be an array of tables ([[roster]])")
@@ -200,6 +296,11 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
             roster[party] = parse_public_key(str(entry["public_key"]))
         except ConfigError as exc:
             raise ConfigError(f"roster party {party}: {exc}") from exc
+        if "name" in entry:
+            name = entry["name"]
+            if not isinstance(name, str) or not 1 <= len(name) <= 128:
+                raise ConfigError(f"roster party {party}: name must be a string of 1-128 chars")
+            site_names[party] = name
     n = len(roster)
     if n < 2:
         raise ConfigError(f"the roster needs at least 2 parties, it has {n}")
@@ -257,8 +358,32 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
     if not isinstance(context, str):
         raise ConfigError("context must be a string")
 
+    key_path = doc.get("aggregator_key")
+    if "aggregator_key" in overrides and overrides["aggregator_key"] is not None:
+        key_path = overrides.pop("aggregator_key")
+    else:
+        overrides.pop("aggregator_key", None)
+    if key_path is None:
+        raise ConfigError(
+            "aggregator_key (the path of the aggregator's Ed25519 key, which signs the audit "
+            "records) is required; create one with: secagg keys generate --out aggregator.key"
+        )
+    aggregator_key = _load_aggregator_key(
+        key_path if isinstance(key_path, pathlib.Path) else resolve(str(key_path))
+    )
+    distributed_dp = _distributed_dp(
+        _section(doc, "distributed_dp"),
+        vector_length=vector_length,
+        bits=bits,
+        threshold=int(threshold),
+        roster_size=n,
+    )
+
     kwargs: dict[str, Any] = {
         "roster": roster,
+        "site_names": site_names,
+        "aggregator_key": aggregator_key,
+        "distributed_dp": distributed_dp,
         "vector_length": vector_length,
         "threshold": threshold,
         "degree": degree,

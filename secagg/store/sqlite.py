@@ -10,9 +10,11 @@ the transaction that marks the round completed commits; the service releases the
 that commit. A round is therefore either running, completed (with its result on disk) or aborted
 (with its reason): a restart marks any round still "running" as aborted, never half-finished.
 
-``round_records`` is a generic append-only table of JSON records per round (round summaries today;
-signed hash-chained audit records and privacy reports later), written in the same transaction as
-the round's outcome or on their own.
+``round_records`` is a generic append-only table of JSON records per round, written in the same
+transaction as the round's outcome or on their own. The service stores there, per round: the
+``round_summary``, the ``privacy_report``, the site-level ``privacy_accountant`` state after the
+round, the signed ``record_level_statement`` of each site, and the signed ``audit_record`` (which
+is also appended to the audit ledger, ``audit.db``, before the result is released).
 """
 
 from __future__ import annotations
@@ -299,6 +301,28 @@ class RoundStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY record_id", args).fetchall()
         return [StoredRecord(int(a), int(b), str(c), str(d), int(e)) for a, b, c, d, e in rows]
+
+    def records_of_kind(self, kind: str) -> list[StoredRecord]:
+        """Every record of one kind, over all rounds, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record_id, round_id, kind, record_json, created_at_ms FROM round_records "
+                "WHERE kind = ? ORDER BY record_id",
+                (kind,),
+            ).fetchall()
+        return [StoredRecord(int(a), int(b), str(c), str(d), int(e)) for a, b, c, d, e in rows]
+
+    def latest_record(self, kind: str) -> StoredRecord | None:
+        """The most recent record of one kind (e.g. the privacy accountant's state), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record_id, round_id, kind, record_json, created_at_ms FROM round_records "
+                "WHERE kind = ? ORDER BY record_id DESC LIMIT 1",
+                (kind,),
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredRecord(int(row[0]), int(row[1]), str(row[2]), str(row[3]), int(row[4]))
 
     # --- queries ------------------------------------------------------------------------------
 

@@ -11,16 +11,20 @@ of the spool), so the server's memory stays O(m) whatever the number of clients.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import pathlib
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from secagg.accounting.report import SiteRecordLevelDP
 from secagg.crypto import (
     PROTOCOL_VERSION,
     SHARE_BYTES,
@@ -30,6 +34,7 @@ from secagg.crypto import (
     transcript_digest,
 )
 from secagg.crypto.aead import OVERHEAD_BYTES
+from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError, MalformedMessage, ReplayedMessage, UnexpectedMessage
 from secagg.protocol import (
@@ -56,7 +61,10 @@ __all__ = [
     "MaskedInputSpool",
     "RoundParameters",
     "decode_client_message",
+    "decode_record_statement",
     "decode_server_frame",
+    "distributed_dp_from_json",
+    "distributed_dp_to_json",
     "encode_client_message",
     "encode_server_message",
     "get_result_payload",
@@ -65,6 +73,7 @@ __all__ = [
     "result_digest",
     "sign_get_result",
     "sign_join",
+    "sign_record_statement",
     "verify_get_result",
     "verify_join",
 ]
@@ -73,25 +82,55 @@ DEFAULT_CHUNK_WORDS = 1 << 18  # 1 MiB of uint32 per chunk: far below gRPC's 4 M
 SHARE_CIPHERTEXT_BYTES = 2 * SHARE_BYTES + OVERHEAD_BYTES
 _JOIN_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "join")
 _GET_RESULT_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "get-result")
+_RECORD_DP_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "record-dp")
+MAX_STATEMENT_BYTES = 4096
 _MAX_PARTY = 2**31 - 2
 
 
 # --- round parameters ---------------------------------------------------------------------------
 
 
-def context_digest(encoding: FixedPointEncoding, context: bytes) -> bytes:
-    """Binds the encoding and the operator's context into the round (RoundConfig.context_digest).
+def distributed_dp_to_json(config: DistributedDPConfig) -> str:
+    """Canonical JSON of a distributed-DP configuration (what the round binds and clients parse)."""
+    return json.dumps(
+        dataclasses.asdict(config), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
 
-    Clients recompute it, so a server cannot give two clients different encodings in one round.
+
+def distributed_dp_from_json(text: str) -> DistributedDPConfig:
+    """Parse :func:`distributed_dp_to_json` output (MalformedMessage if it is not one)."""
+    try:
+        d = json.loads(text)
+        names = {f.name for f in dataclasses.fields(DistributedDPConfig)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ValueError("unexpected fields")
+        config = DistributedDPConfig(**d)
+    except (ValueError, TypeError, ConfigError) as exc:
+        raise MalformedMessage(
+            f"the round's distributed-DP configuration is invalid: {exc}"
+        ) from None
+    if distributed_dp_to_json(config) != text:
+        raise MalformedMessage("the round's distributed-DP configuration is not canonical")
+    return config
+
+
+def context_digest(encoding: FixedPointEncoding, context: bytes, distributed_dp: str = "") -> bytes:
+    """Binds the encoding, the operator's context and the site-level DP parameters into the round
+    (RoundConfig.context_digest).
+
+    Clients recompute it, so a server cannot give two clients different encodings (or noise
+    levels) in one round. Without distributed DP the digest is the one of earlier versions.
     """
-    return transcript_digest(
-        "secagg.v1/round-context",
+    parts: list[bytes | str | int] = [
         struct.pack("<d", encoding.clip),
         struct.pack("<d", encoding.scale),
         encoding.max_clients,
         encoding.bits,
         context,
-    )
+    ]
+    if distributed_dp:
+        return transcript_digest("secagg.v1/round-context+distributed-dp", *parts, distributed_dp)
+    return transcript_digest("secagg.v1/round-context", *parts)
 
 
 @dataclass(frozen=True)
@@ -102,10 +141,37 @@ class RoundParameters:
     encoding: FixedPointEncoding
     deadlines: Mapping[Stage, float] = field(repr=False)
     context: bytes = b""
+    distributed_dp: DistributedDPConfig | None = None
+
+    @property
+    def distributed_dp_json(self) -> str:
+        return "" if self.distributed_dp is None else distributed_dp_to_json(self.distributed_dp)
 
     def __post_init__(self) -> None:
-        if self.config.context_digest != context_digest(self.encoding, self.context):
+        expected = context_digest(self.encoding, self.context, self.distributed_dp_json)
+        if self.config.context_digest != expected:
             raise ConfigError("the round's context digest does not bind its encoding and context")
+        dp = self.distributed_dp
+        if dp is not None:
+            if dp.bits != self.config.bits:
+                raise ConfigError(
+                    f"[distributed_dp] bits = {dp.bits}, the round sums in Z_(2^{self.config.bits})"
+                )
+            if dp.padded_dimension != self.config.vector_length:
+                raise ConfigError(
+                    f"distributed DP encodes {dp.dimension} values into {dp.padded_dimension} "
+                    f"coordinates, the round's vector_length is {self.config.vector_length}"
+                )
+            if dp.min_clients > self.config.threshold:
+                raise ConfigError(
+                    f"[distributed_dp] min_clients = {dp.min_clients} exceeds the threshold "
+                    f"{self.config.threshold}: a round could complete with less noise than promised"
+                )
+            if dp.expected_clients < len(self.config.roster):
+                raise ConfigError(
+                    f"[distributed_dp] expected_clients = {dp.expected_clients} is below the "
+                    f"roster size {len(self.config.roster)}"
+                )
         if self.encoding.bits != self.config.bits:
             raise ConfigError("the encoding and the round disagree on bits")
         if self.encoding.max_clients < len(self.config.roster):
@@ -127,7 +193,9 @@ class RoundParameters:
         deadlines: Mapping[Stage, float],
         degree: int | None = None,
         context: bytes = b"",
+        distributed_dp: DistributedDPConfig | None = None,
     ) -> RoundParameters:
+        dp_json = "" if distributed_dp is None else distributed_dp_to_json(distributed_dp)
         config = RoundConfig(
             round_id=round_id,
             roster=roster,
@@ -135,9 +203,9 @@ class RoundParameters:
             vector_length=vector_length,
             bits=encoding.bits,
             degree=degree,
-            context_digest=context_digest(encoding, context),
+            context_digest=context_digest(encoding, context, dp_json),
         )
-        return cls(config, encoding, dict(deadlines), context)
+        return cls(config, encoding, dict(deadlines), context, distributed_dp)
 
     def to_proto(self) -> pb.RoundConfig:
         cfg, enc = self.config, self.encoding
@@ -163,6 +231,7 @@ class RoundParameters:
             ),
             config_digest=cfg.digest,
             context=self.context,
+            distributed_dp=self.distributed_dp_json,
         )
 
     @classmethod
@@ -197,6 +266,9 @@ class RoundParameters:
                 deadlines=deadlines,
                 degree=msg.degree or None,
                 context=msg.context,
+                distributed_dp=(
+                    distributed_dp_from_json(msg.distributed_dp) if msg.distributed_dp else None
+                ),
             )
         except ConfigError as exc:
             raise MalformedMessage(f"the round configuration is invalid: {exc}") from exc
@@ -244,6 +316,62 @@ def verify_get_result(
     key: IdentityPublicKey, signature: bytes, round_id: int, issued_at_ms: int
 ) -> None:
     key.verify(signature, _GET_RESULT_CONTEXT, get_result_payload(round_id, issued_at_ms))
+
+
+def record_statement_payload(
+    config_digest: bytes, round_id: int, party: int, statement_json: str
+) -> bytes:
+    return lp_encode("record-dp", config_digest, round_id, party, statement_json)
+
+
+def sign_record_statement(
+    identity: IdentityKey,
+    statement: SiteRecordLevelDP,
+    *,
+    config_digest: bytes,
+    round_id: int,
+    party: int,
+) -> pb.ClientFrame:
+    """The signed frame carrying a site's record-level DP statement for this round."""
+    text = json.dumps(statement.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    signature = identity.sign(
+        _RECORD_DP_CONTEXT, record_statement_payload(config_digest, round_id, party, text)
+    )
+    return pb.ClientFrame(
+        record_level_statement=pb.RecordLevelStatement(
+            round_id=round_id, party=party, statement_json=text, signature=signature
+        )
+    )
+
+
+def decode_record_statement(
+    msg: pb.RecordLevelStatement, *, key: IdentityPublicKey, config_digest: bytes, round_id: int
+) -> tuple[SiteRecordLevelDP, dict[str, Any]]:
+    """Check a statement frame (size, round, signature, schema): the statement and what to store.
+
+    Raises MalformedMessage, UnexpectedMessage or InvalidSignature.
+    """
+    if len(msg.statement_json) > MAX_STATEMENT_BYTES:
+        raise LimitExceeded(f"a record-level statement is at most {MAX_STATEMENT_BYTES} bytes")
+    if msg.round_id != round_id:
+        raise UnexpectedMessage(
+            f"record-level statement for round {msg.round_id}, this stream is in round {round_id}"
+        )
+    key.verify(
+        msg.signature,
+        _RECORD_DP_CONTEXT,
+        record_statement_payload(config_digest, round_id, msg.party, msg.statement_json),
+    )
+    try:
+        statement = SiteRecordLevelDP.from_dict(json.loads(msg.statement_json))
+    except (ValueError, TypeError, KeyError, ConfigError) as exc:
+        raise MalformedMessage(f"the record-level statement is invalid: {exc}") from None
+    stored = {
+        "party": int(msg.party),
+        "statement_json": msg.statement_json,
+        "signature": bytes(msg.signature).hex(),
+    }
+    return statement, stored
 
 
 def result_digest(total: npt.NDArray[np.uint32]) -> bytes:

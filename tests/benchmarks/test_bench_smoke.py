@@ -25,7 +25,7 @@ def test_tiny_grid_runs_for_secagg_and_flower() -> None:
     pytest.importorskip("flwr")
     rows = (
         bench_masking.Row(6, 3_000, 0.0, None, 4),
-        bench_masking.Row(8, 2_000, 0.25, 5, 3),
+        bench_masking.Row(8, 2_000, 0.125, 5, 3),
     )
     results = []
     for row in rows:
@@ -37,7 +37,7 @@ def test_tiny_grid_runs_for_secagg_and_flower() -> None:
         results.append((row, ours, theirs))
     markdown = bench_masking.render(results, 5e9)
     assert markdown.startswith("## ")
-    assert "n=8, m=2,000, 25%, k=5/t=3" in markdown
+    assert "n=8, m=2,000, 12%, k=5/t=3" in markdown
 
 
 def test_sections_are_assembled_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -206,6 +206,7 @@ class RoundConfig(_message.Message):
     DEADLINES_FIELD_NUMBER: _builtins.int
     CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    DISTRIBUTED_DP_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     threshold: _builtins.int
     vector_length: _builtins.int
@@ -218,6 +219,10 @@ class RoundConfig(_message.Message):
     """RoundConfig.digest; clients recompute and compare"""
     context: _builtins.bytes
     """free-form context the operator binds into the round (e.g. model hash)"""
+    distributed_dp: _builtins.str
+    """Site-level distributed DP every site must apply (secagg.dp.DistributedDPConfig as canonical
+    JSON; empty = none). Bound into context_digest, so clients recompute and compare it.
+    """
     @_builtins.property
     def roster(self) -> _containers.RepeatedCompositeFieldContainer[Global___RosterEntry]: ...
     @_builtins.property
@@ -238,10 +243,11 @@ class RoundConfig(_message.Message):
         deadlines: Global___StageDeadlines | None = ...,
         config_digest: _builtins.bytes = ...,
         context: _builtins.bytes = ...,
+        distributed_dp: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadlines", b"deadlines", "encoding", b"encoding"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "config_digest", b"config_digest", "context", b"context", "context_digest", b"context_digest", "deadlines", b"deadlines", "degree", b"degree", "encoding", b"encoding", "roster", b"roster", "round_id", b"round_id", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "config_digest", b"config_digest", "context", b"context", "context_digest", b"context_digest", "deadlines", b"deadlines", "degree", b"degree", "distributed_dp", b"distributed_dp", "encoding", b"encoding", "roster", b"roster", "round_id", b"round_id", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -504,6 +510,40 @@ class UnmaskShares(_message.Message):
 Global___UnmaskShares: _TypeAlias = UnmaskShares  # noqa: Y015
 
 @_typing.final
+class RecordLevelStatement(_message.Message):
+    """Optional, sent after Join and before the masked input: the site's record-level DP statement
+    (secagg.accounting.SiteRecordLevelDP as JSON; `site` must be the name of its roster entry).
+    Signed over lp_encode("record-dp", config_digest, round_id, party, statement_json). The aggregator
+    puts the statements of the parties whose inputs are in the sum into the round's privacy report.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    PARTY_FIELD_NUMBER: _builtins.int
+    STATEMENT_JSON_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.int
+    party: _builtins.int
+    statement_json: _builtins.str
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.int = ...,
+        party: _builtins.int = ...,
+        statement_json: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["party", b"party", "round_id", b"round_id", "signature", b"signature", "statement_json", b"statement_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordLevelStatement: _TypeAlias = RecordLevelStatement  # noqa: Y015
+
+@_typing.final
 class ClientFrame(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -515,6 +555,7 @@ class ClientFrame(_message.Message):
     MASKED_INPUT_CHUNK_FIELD_NUMBER: _builtins.int
     CONSISTENCY_SIGNATURE_FIELD_NUMBER: _builtins.int
     UNMASK_SHARES_FIELD_NUMBER: _builtins.int
+    RECORD_LEVEL_STATEMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -531,6 +572,8 @@ class ClientFrame(_message.Message):
     def consistency_signature(self) -> Global___ConsistencySignature: ...
     @_builtins.property
     def unmask_shares(self) -> Global___UnmaskShares: ...
+    @_builtins.property
+    def record_level_statement(self) -> Global___RecordLevelStatement: ...
     def __init__(
         self,
         *,
@@ -542,12 +585,13 @@ class ClientFrame(_message.Message):
         masked_input_chunk: Global___MaskedInputChunk | None = ...,
         consistency_signature: Global___ConsistencySignature | None = ...,
         unmask_shares: Global___UnmaskShares | None = ...,
+        record_level_statement: Global___RecordLevelStatement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "record_level_statement", b"record_level_statement", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "record_level_statement", b"record_level_statement", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "join", "advertise_keys", "share_keys", "masked_input_header", "masked_input_chunk", "consistency_signature", "unmask_shares"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "join", "advertise_keys", "share_keys", "masked_input_header", "masked_input_chunk", "consistency_signature", "unmask_shares", "record_level_statement"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -713,12 +757,17 @@ class RoundOutcome(_message.Message):
     RESULT_DIGEST_FIELD_NUMBER: _builtins.int
     ABORT_STAGE_FIELD_NUMBER: _builtins.int
     ABORT_REASON_FIELD_NUMBER: _builtins.int
+    PRIVACY_REPORT_JSON_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     status: Global___RoundStatus.ValueType
     result_digest: _builtins.bytes
     """BLAKE2b-256 of the uint32 little-endian modular sum"""
     abort_stage: _builtins.str
     abort_reason: _builtins.str
+    privacy_report_json: _builtins.str
+    """The round's privacy report (secagg.accounting.PrivacyReport JSON; completed rounds), persisted
+    with the round and signed into its audit record before this outcome is sent.
+    """
     @_builtins.property
     def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -730,10 +779,11 @@ class RoundOutcome(_message.Message):
         result_digest: _builtins.bytes = ...,
         abort_stage: _builtins.str = ...,
         abort_reason: _builtins.str = ...,
+        privacy_report_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_stage", b"abort_stage", "result_digest", b"result_digest", "round_id", b"round_id", "status", b"status", "survivors", b"survivors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_stage", b"abort_stage", "privacy_report_json", b"privacy_report_json", "result_digest", b"result_digest", "round_id", b"round_id", "status", b"status", "survivors", b"survivors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -974,6 +1024,8 @@ class RoundRecord(_message.Message):
     VECTOR_LENGTH_FIELD_NUMBER: _builtins.int
     ROSTER_SIZE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    AUDIT_RECORD_JSON_FIELD_NUMBER: _builtins.int
+    PRIVACY_REPORT_JSON_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     status: Global___RoundStatus.ValueType
     config_digest: _builtins.bytes
@@ -985,6 +1037,11 @@ class RoundRecord(_message.Message):
     vector_length: _builtins.int
     roster_size: _builtins.int
     threshold: _builtins.int
+    audit_record_json: _builtins.str
+    """The signed, hash-chained audit record of the round (secagg.audit.RoundRecord, canonical JSON;
+    empty while the round runs) and its privacy report (PrivacyReport JSON; empty if none).
+    """
+    privacy_report_json: _builtins.str
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageParticipation]: ...
     @_builtins.property
@@ -1008,10 +1065,12 @@ class RoundRecord(_message.Message):
         vector_length: _builtins.int = ...,
         roster_size: _builtins.int = ...,
         threshold: _builtins.int = ...,
+        audit_record_json: _builtins.str = ...,
+        privacy_report_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_stage", b"abort_stage", "config_digest", b"config_digest", "finished_at_ms", b"finished_at_ms", "records", b"records", "result_digest", b"result_digest", "roster_size", b"roster_size", "round_id", b"round_id", "stages", b"stages", "started_at_ms", b"started_at_ms", "status", b"status", "survivors", b"survivors", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_stage", b"abort_stage", "audit_record_json", b"audit_record_json", "config_digest", b"config_digest", "finished_at_ms", b"finished_at_ms", "privacy_report_json", b"privacy_report_json", "records", b"records", "result_digest", b"result_digest", "roster_size", b"roster_size", "round_id", b"round_id", "stages", b"stages", "started_at_ms", b"started_at_ms", "status", b"status", "survivors", b"survivors", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
