@@ -15,6 +15,14 @@ encoding (clip, fixed point, stochastic rounding), runs every protocol stage and
 decoded sum over the round's survivors. ``join`` + ``RoundHandle.submit`` do the same in two steps,
 so a client can see the round's parameters before computing its update.
 
+With site-level distributed DP (``handle.info.distributed_dp`` is set) the site encodes its update
+itself (:class:`secagg.dp.DistributedDPEncoder`, values in Z_(2^b)) and sends it with
+``RoundHandle.submit_encoded``; the result's ``total`` is the noisy modular sum. Either call takes
+an optional signed record-level statement (``statement=SiteRecordLevelDP(...)``, with ``site`` the
+name of this site's roster entry) that the aggregator puts in the round's privacy report, which
+comes back as ``RoundResult.privacy_report``. ``RoundHandle.decline`` leaves a round at once (e.g.
+when the site's privacy budget would be exceeded).
+
 Errors: :class:`~secagg.errors.RoundAborted` when the round aborts (with its stage and reason),
 :class:`AggregatorError` (with the gRPC ``code``) when the aggregator rejects something,
 :class:`~secagg.errors.MaliciousServerError` & co. when the aggregator misbehaves.
@@ -34,7 +42,9 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from secagg.accounting.report import PrivacyReport, SiteRecordLevelDP
 from secagg.crypto import IdentityKey, IdentityPublicKey
+from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError, RoundAborted
 from secagg.protocol import Stage
@@ -102,6 +112,8 @@ class RoundInfo:
     roster: Mapping[int, IdentityPublicKey] = field(repr=False)
     encoding: FixedPointEncoding
     deadlines: Mapping[str, float] = field(repr=False)
+    distributed_dp: DistributedDPConfig | None = None
+    """The site-level distributed DP every site of this round applies (bound into the round)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +127,8 @@ class RoundResult:
     total: npt.NDArray[np.uint32] | None = field(default=None, repr=False)
     """The exact modular sum of the survivors' encoded inputs (None unless fetched)."""
     layout: tuple[tuple[str, tuple[int, ...]], ...] | None = field(default=None, repr=False)
+    privacy_report: PrivacyReport | None = field(default=None, repr=False)
+    """The round's privacy report, as the aggregator persisted and signed it (None if absent)."""
 
     @property
     def aggregate(self) -> npt.NDArray[np.float64]:
@@ -177,6 +191,7 @@ class RoundHandle:
             roster=p.config.roster,
             encoding=p.encoding,
             deadlines={s.value: d for s, d in p.deadlines.items()},
+            distributed_dp=p.distributed_dp,
         )
         self._used = False
 
@@ -186,31 +201,80 @@ class RoundHandle:
         *,
         fetch_result: bool = True,
         rounding_seed: bytes | None = None,
+        statement: SiteRecordLevelDP | None = None,
     ) -> RoundResult:
         """Encode, mask and send ``update``; wait for the round's end; return its result.
 
         ``rounding_seed`` (32 bytes) makes the stochastic rounding reproducible (tests); by
-        default it is fresh randomness.
+        default it is fresh randomness. ``statement``: this site's record-level DP statement.
         """
-        if self._used:
-            raise ConfigError("a round accepts one update per client")
-        self._used = True
+        self._claim()
         flat, layout = _flatten(update)
         try:
             encoded = self._open.encode(flat, rounding_seed)
         except BaseException:
             self._open.cancel()
             raise
-        outcome = self._open.run(encoded, chunk_bytes=self._client.chunk_bytes)
+        return self._play(encoded, layout, fetch_result, statement)
+
+    def submit_encoded(
+        self,
+        words: npt.ArrayLike,
+        *,
+        fetch_result: bool = True,
+        statement: SiteRecordLevelDP | None = None,
+    ) -> RoundResult:
+        """Send a vector the site already encoded in Z_(2^bits) (e.g. distributed DP's integers).
+
+        The result's ``total`` is the exact modular sum of the survivors' vectors.
+        """
+        self._claim()
+        v = np.asarray(words)
+        bits = self._open.params.config.bits
+        m = self.info.vector_length
+        try:
+            if v.shape != (m,) or not np.issubdtype(v.dtype, np.integer):
+                raise ConfigError(f"the encoded vector must hold {m} integers")
+            if v.size and (int(v.min()) < 0 or int(v.max()) >= 1 << bits):
+                raise ConfigError(f"encoded values must lie in [0, 2^{bits})")
+        except BaseException:
+            self._open.cancel()
+            raise
+        return self._play(v.astype(np.uint32), None, fetch_result, statement)
+
+    def decline(self) -> None:
+        """Leave the round before taking part; the aggregator goes on without this site at once."""
+        self._claim()
+        self._open.decline()
+
+    def _claim(self) -> None:
+        if self._used:
+            raise ConfigError("a round accepts one update per client")
+        self._used = True
+
+    def _play(
+        self,
+        encoded: npt.NDArray[np.uint32],
+        layout: tuple[tuple[str, tuple[int, ...]], ...] | None,
+        fetch_result: bool,
+        statement: SiteRecordLevelDP | None,
+    ) -> RoundResult:
+        outcome = self._open.run(encoded, chunk_bytes=self._client.chunk_bytes, statement=statement)
         del encoded
         if outcome.status != pb.ROUND_STATUS_COMPLETED:
             raise RoundAborted(outcome.abort_stage or "unknown", outcome.abort_reason)
+        report = (
+            PrivacyReport.from_json(outcome.privacy_report_json)
+            if outcome.privacy_report_json
+            else None
+        )
         result = RoundResult(
             round_id=int(outcome.round_id),
             survivors=tuple(outcome.survivors),
             result_digest=bytes(outcome.result_digest),
             encoding=self.info.encoding,
             layout=layout,
+            privacy_report=report,
         )
         if fetch_result:
             fetched = self._client.get_result(result.round_id, expected_digest=result.result_digest)
@@ -221,6 +285,7 @@ class RoundHandle:
                 encoding=result.encoding,
                 total=fetched.total,
                 layout=layout,
+                privacy_report=report,
             )
         return result
 
@@ -309,10 +374,11 @@ class AggregatorClient:
         fetch_result: bool = True,
         rounding_seed: bytes | None = None,
         on_event: EventHook | None = None,
+        statement: SiteRecordLevelDP | None = None,
     ) -> RoundResult:
         """Join the open round, submit ``update`` and return the round's result."""
         return self.join(on_event=on_event).submit(
-            update, fetch_result=fetch_result, rounding_seed=rounding_seed
+            update, fetch_result=fetch_result, rounding_seed=rounding_seed, statement=statement
         )
 
     def get_result(self, round_id: int, *, expected_digest: bytes | None = None) -> RoundResult:
@@ -339,7 +405,9 @@ class AggregatorClient:
         )
 
     def get_round_record(self, round_id: int) -> dict[str, Any]:
-        """The persisted record of a round: status, participants and dropouts per stage, ..."""
+        """The persisted record of a round: status, participants and dropouts per stage, the
+        signed audit record (``audit_record``, canonical JSON text, verifiable with
+        :func:`secagg.audit.verify_records`) and the privacy report (``privacy_report``)."""
         try:
             r = self._stub.GetRoundRecord(
                 pb.GetRoundRecordRequest(round_id=round_id), timeout=self.timeout
@@ -364,6 +432,10 @@ class AggregatorClient:
             "vector_length": r.vector_length,
             "roster_size": r.roster_size,
             "threshold": r.threshold,
+            "audit_record": r.audit_record_json or None,
+            "privacy_report": (
+                PrivacyReport.from_json(r.privacy_report_json) if r.privacy_report_json else None
+            ),
         }
 
     def list_rounds(self, start_round_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:

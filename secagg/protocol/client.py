@@ -10,8 +10,8 @@ secrets of one peer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +60,11 @@ from secagg.protocol.messages import (
     survivors_payload,
 )
 
-__all__ = ["ClientSession", "share_associated_data", "share_key"]
+__all__ = ["STATE_FORMAT", "ClientSession", "StateValue", "share_associated_data", "share_key"]
+
+STATE_FORMAT = "secagg.client-session/1"
+StateValue = bytes | int | str | bool | list[int] | list[bytes]
+"""A value of :meth:`ClientSession.export_state` (plain types any key-value store can hold)."""
 
 
 def share_key(shared_secret: bytes, *, round_id: int, session_id: bytes, a: int, b: int) -> bytes:
@@ -125,6 +129,7 @@ class ClientSession:
         self._held_shares: dict[int, tuple[bytes, bytes]] = {}
         self._share_senders: frozenset[int] = frozenset()
         self._signed_survivors: tuple[int, ...] | None = None
+        self._share_keys: dict[int, bytes] = {}  # derived AEAD keys, kept from stage 1 to stage 2
 
     # --- public surface -------------------------------------------------------------------
 
@@ -189,6 +194,92 @@ class ClientSession:
         self._stage = Stage.ABORTED
         self._abort_reason = reason
         self._forget_secrets()
+
+    # --- persistence between messages ----------------------------------------------------
+
+    def export_state(self) -> dict[str, StateValue]:
+        """The session's complete state, **secrets included**, as plain values.
+
+        For stacks that handle each message in a fresh process (Flower's SuperNode does): keep the
+        result where the node keeps its own keys, never send it anywhere, delete it when the
+        round ends. The identity key and the round config are not included; pass them again to
+        :meth:`restore`.
+        """
+        peers = [self._peer_keys[p] for p in sorted(self._peer_keys)]
+        held = sorted(self._held_shares.items())
+        return {
+            "format": STATE_FORMAT,
+            "config_digest": self.config.digest,
+            "party": self.party,
+            "input": np.ascontiguousarray(self._input, dtype="<u4").tobytes(),
+            "stage": self._stage.value,
+            "advertised": self._advertised,
+            "abort_reason": self._abort_reason or "",
+            "cipher_key": self._cipher_key.private_bytes(),
+            "mask_key": self._mask_key.private_bytes(),
+            "self_mask_seed": self._self_mask_seed,
+            "session_id": self._session_id,
+            "holders": sorted(self._holders),
+            "peer_senders": [ad.sender for ad in peers],
+            "peer_cipher_keys": [ad.cipher_public_key for ad in peers],
+            "peer_mask_keys": [ad.mask_public_key for ad in peers],
+            "peer_signatures": [ad.signature for ad in peers],
+            "held_owners": [owner for owner, _ in held],
+            "held_seed_shares": [pair[0] for _, pair in held],
+            "held_key_shares": [pair[1] for _, pair in held],
+            "share_senders": sorted(self._share_senders),
+            "signed_survivors": list(self._signed_survivors or ()),
+            "has_signed_survivors": self._signed_survivors is not None,
+        }
+
+    @classmethod
+    def restore(
+        cls, config: RoundConfig, identity: IdentityKey, state: Mapping[str, Any]
+    ) -> ClientSession:
+        """Rebuild a session saved by :meth:`export_state` (for the same config and identity)."""
+        try:
+            if state["format"] != STATE_FORMAT:
+                raise LocalProtocolError(f"unknown session state format {state['format']!r}")
+            if bytes(state["config_digest"]) != config.digest:
+                raise LocalProtocolError("the saved session belongs to another round config")
+            vector = np.frombuffer(bytes(state["input"]), dtype="<u4").astype(np.uint32)
+            session = cls(config, int(state["party"]), identity, vector)
+            session._stage = Stage(state["stage"])
+            session._advertised = bool(state["advertised"])
+            session._abort_reason = str(state["abort_reason"]) or None
+            session._cipher_key = KeyAgreementKey.from_private_bytes(bytes(state["cipher_key"]))
+            session._mask_key = KeyAgreementKey.from_private_bytes(bytes(state["mask_key"]))
+            session._self_mask_seed = bytes(state["self_mask_seed"])
+            session._session_id = bytes(state["session_id"])
+            session._holders = frozenset(int(p) for p in state["holders"])
+            session._peer_keys = {
+                int(p): AdvertiseKeys(config.round_id, int(p), bytes(c), bytes(m), bytes(sig))
+                for p, c, m, sig in zip(
+                    state["peer_senders"],
+                    state["peer_cipher_keys"],
+                    state["peer_mask_keys"],
+                    state["peer_signatures"],
+                    strict=True,
+                )
+            }
+            session._held_shares = {
+                int(o): (bytes(a), bytes(b))
+                for o, a, b in zip(
+                    state["held_owners"],
+                    state["held_seed_shares"],
+                    state["held_key_shares"],
+                    strict=True,
+                )
+            }
+            session._share_senders = frozenset(int(p) for p in state["share_senders"])
+            session._signed_survivors = (
+                tuple(int(p) for p in state["signed_survivors"])
+                if state["has_signed_survivors"]
+                else None
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"the saved client session is unreadable: {exc}") from exc
+        return session
 
     # --- stage handlers -------------------------------------------------------------------
 
@@ -412,17 +503,21 @@ class ClientSession:
             raise ReplayedMessage("message belongs to another session")
 
     def _share_key(self, peer: int) -> bytes:
-        secret = self._cipher_key.exchange(self._peer_keys[peer].cipher_public_key)
-        return share_key(
-            secret,
-            round_id=self.config.round_id,
-            session_id=self._session_id,
-            a=self.party,
-            b=peer,
-        )
+        key = self._share_keys.get(peer)
+        if key is None:
+            secret = self._cipher_key.exchange(self._peer_keys[peer].cipher_public_key)
+            key = self._share_keys[peer] = share_key(
+                secret,
+                round_id=self.config.round_id,
+                session_id=self._session_id,
+                a=self.party,
+                b=peer,
+            )
+        return key
 
     def _forget_secrets(self) -> None:
         self._held_shares.clear()
+        self._share_keys.clear()
         self._self_mask_seed = b""
 
     def __repr__(self) -> str:

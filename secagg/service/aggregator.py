@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from secagg.service.config import ServiceConfig
 from secagg.service.coordinator import RoundCoordinator, clean_spool_dir
 from secagg.service.logs import log_event
+from secagg.service.records import RoundBooks
 from secagg.store import RoundStore, StoredRound
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
@@ -49,6 +50,13 @@ class Aggregator:
         self.spool_dir = config.data_dir / "spool"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         clean_spool_dir(self.spool_dir)
+        self.books = RoundBooks(
+            self.store,
+            aggregator_key=config.aggregator_key,
+            distributed_dp=config.distributed_dp,
+            site_name=config.site_name,
+            logger=self.log,
+        )
         interrupted = self.store.mark_interrupted(INTERRUPTED_REASON)
         if interrupted:
             log_event(self.log, "rounds_marked_aborted", logging.WARNING, rounds=interrupted)
@@ -222,6 +230,7 @@ class Aggregator:
             deadlines=cfg.deadlines,
             degree=cfg.degree,
             context=cfg.context,
+            distributed_dp=cfg.distributed_dp,
         )
         return RoundCoordinator(
             params,
@@ -230,6 +239,8 @@ class Aggregator:
             max_chunk_bytes=cfg.max_chunk_bytes,
             shutdown_deadline=self.shutdown_deadline,
             logger=self.log,
+            books=self.books,
+            site_name=cfg.site_name,
         )
 
     def stop(self, grace: float = 2.0) -> None:
@@ -237,6 +248,7 @@ class Aggregator:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.server is not None:
             self.server.stop(grace).wait()
+        self.books.close()
         self.store.close()
         log_event(self.log, "stopped")
 

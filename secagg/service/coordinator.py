@@ -8,8 +8,9 @@ the next stage's messages. Clients still connected that did not complete a stage
 DEADLINE_EXCEEDED and are dropouts from then on. Every session call happens under one lock, so the
 session (not thread-safe by design) sees one message at a time.
 
-The round is persisted when its first client joins; its outcome (and result file) is committed
-before any client hears about it (:meth:`release`).
+The round is persisted when its first client joins; its outcome (and result file), its privacy
+report and its signed audit record are committed before any client hears about it
+(:meth:`release`; see :mod:`secagg.service.records`).
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ from typing import Any
 
 import grpc
 
-from secagg.errors import ReplayedMessage, RoundAborted, UnexpectedMessage
+from secagg.accounting.report import SiteRecordLevelDP
+from secagg.errors import MalformedMessage, ReplayedMessage, RoundAborted, UnexpectedMessage
 from secagg.protocol import ACTIVE_STAGES, ClientMessage, ServerMessage, ServerSession, Stage
 from secagg.service.logs import log_event
+from secagg.service.records import RoundBooks
 from secagg.store import RoundOutcomeRecord, RoundStore
 from secagg.transport import words
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport.codec import (
     MaskedInputSpool,
     RoundParameters,
+    decode_record_statement,
     encode_server_message,
     verify_join,
 )
@@ -100,6 +104,8 @@ class RoundCoordinator:
         max_chunk_bytes: int,
         shutdown_deadline: Callable[[], float | None],
         logger: logging.Logger,
+        books: RoundBooks,
+        site_name: Callable[[int], str] = str,
     ) -> None:
         self.params = params
         self.config = params.config
@@ -124,6 +130,9 @@ class RoundCoordinator:
         self._config_proto = params.to_proto()
         self._final: tuple[pb.RoundOutcome | None, Terminate | None] = (None, None)
         self.outcome: pb.RoundOutcome | None = None
+        self.books = books
+        self._site_name = site_name
+        self._statements: dict[int, tuple[SiteRecordLevelDP, dict[str, Any]]] = {}
 
     # --- called by stream threads ------------------------------------------------------------
 
@@ -221,6 +230,43 @@ class RoundCoordinator:
             stage=stage.value,
             ms=round((time.perf_counter() - start) * 1000, 2),
         )
+
+    def has_advertised(self, party: int) -> bool:
+        with self._cond:
+            return party in self.session.participants(Stage.ADVERTISE_KEYS)
+
+    def attach_statement(self, party: int, message: pb.RecordLevelStatement) -> None:
+        """A site's signed record-level DP statement (before its masked input)."""
+        if message.party != party:
+            raise UnexpectedMessage(
+                f"the stream is authenticated as party {party}; it cannot send the statement of "
+                f"party {message.party}"
+            )
+        statement, stored = decode_record_statement(
+            message,
+            key=self.config.roster[party],
+            config_digest=self.config.digest,
+            round_id=self.round_id,
+        )
+        name = self._site_name(party)
+        if statement.site != name:
+            raise MalformedMessage(
+                f"the statement is for site {statement.site!r}; party {party} is {name!r} in the "
+                "roster"
+            )
+        with self._cond:
+            self._check_live(party)
+            if party in self._statements:
+                raise ReplayedMessage(f"party {party} already sent its record-level statement")
+            stage = self.session.stage
+            if stage not in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT) or (
+                party in self.session.participants(Stage.MASKED_INPUT) or party in self._spools
+            ):
+                raise UnexpectedMessage(
+                    "a record-level statement must come before the masked input"
+                )
+            self._statements[party] = (statement, stored)
+        log_event(self._log, "statement_accepted", round=self.round_id, party=party)
 
     def open_spool(self, party: int, header: pb.MaskedInputHeader) -> MaskedInputSpool:
         with self._cond:
@@ -352,7 +398,9 @@ class RoundCoordinator:
                     continue
                 if shutdown is not None and now >= shutdown:
                     raise _ShutdownAbort
-                if not (self.session.expected() - self._gone):
+                # A stream that ended before its Join registered counts as gone too.
+                closed = {p for p, o in self._streams.items() if o.closed}
+                if not (self.session.expected() - self._gone - closed):
                     return
                 assert self._stage_deadline is not None
                 if now >= self._stage_deadline:
@@ -458,6 +506,10 @@ class RoundCoordinator:
             "dropouts": dropouts,
             "result_digest": digest.hex(),
         }
+        statements = {p: s for p, (s, _) in self._statements.items()}
+        report, accountant = self.books.privacy_report(self.session, statements)
+        record = self.books.audit_record(self.session, report)
+        signed = {p: stored for p, (_, stored) in self._statements.items()}
         self.store.finish_round(
             RoundOutcomeRecord(
                 round_id=self.round_id,
@@ -468,8 +520,12 @@ class RoundCoordinator:
                 session_id=result.session_id,
             ),
             result=(name, digest),
-            records=[("round_summary", summary)],
+            records=[
+                ("round_summary", summary),
+                *self.books.stored_records(report, record, accountant, signed),
+            ],
         )
+        self.books.commit(record, accountant)
         log_event(
             self._log,
             "round_completed",
@@ -483,11 +539,13 @@ class RoundCoordinator:
             status=pb.ROUND_STATUS_COMPLETED,
             survivors=list(result.survivors),
             result_digest=digest,
+            privacy_report_json=report.to_json(),
         )
 
     def _record_abort(self, stage: str, reason: str) -> None:
         if self._persisted:
             participants, dropouts = self._participation(Stage(stage))
+            record = self.books.audit_record(self.session, None)
             self.store.finish_round(
                 RoundOutcomeRecord(
                     round_id=self.round_id,
@@ -510,9 +568,11 @@ class RoundCoordinator:
                             "participants": participants,
                             "dropouts": dropouts,
                         },
-                    )
+                    ),
+                    *self.books.stored_records(None, record, None, {}),
                 ],
             )
+            self.books.commit(record, None)
         log_event(
             self._log,
             "round_aborted",

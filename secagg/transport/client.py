@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from secagg.accounting.report import SiteRecordLevelDP
 from secagg.crypto import IdentityKey, random_seed, uniform_floats
 from secagg.errors import (
     ConfigError,
@@ -39,6 +40,7 @@ from secagg.transport.codec import (
     result_digest,
     sign_get_result,
     sign_join,
+    sign_record_statement,
 )
 from secagg.transport.errors import AggregatorError, error_from_status
 
@@ -163,17 +165,52 @@ class OpenRound:
             out[lo:hi] = enc.encode(values[lo:hi], uniform_floats(seed, hi - lo, lo))
         return out
 
-    def run(self, encoded: npt.NDArray[np.uint32], *, chunk_bytes: int) -> pb.RoundOutcome:
-        """Join, play every stage, and return the outcome (raise on abort or rejection)."""
+    def _join_frame(self) -> pb.ClientFrame:
+        cfg = self.params.config
+        signature = sign_join(self._identity, self._nonce, cfg.digest, cfg.round_id, self.party)
+        return pb.ClientFrame(
+            join=pb.Join(round_id=cfg.round_id, party=self.party, signature=signature)
+        )
+
+    def decline(self) -> None:
+        """Join and close the stream at once: the aggregator counts this site out of the round
+        right away instead of waiting for the advertise_keys deadline."""
+        if self._closed:
+            return
+        self._queue.put(self._join_frame())
+        self._closed = True
+        self._queue.put(None)  # half-close: nothing will follow the Join
+        with contextlib.suppress(Exception):
+            for _ in self._call:  # the aggregator ends the stream once it saw the Join
+                pass
+        with contextlib.suppress(Exception):
+            self._call.cancel()
+
+    def run(
+        self,
+        encoded: npt.NDArray[np.uint32],
+        *,
+        chunk_bytes: int,
+        statement: SiteRecordLevelDP | None = None,
+    ) -> pb.RoundOutcome:
+        """Join, play every stage, and return the outcome (raise on abort or rejection).
+
+        ``statement``: the site's record-level DP statement, signed and sent right after Join.
+        """
         cfg = self.params.config
         try:
             session = ClientSession(cfg, self.party, self._identity, encoded)
-            signature = sign_join(self._identity, self._nonce, cfg.digest, cfg.round_id, self.party)
-            self._queue.put(
-                pb.ClientFrame(
-                    join=pb.Join(round_id=cfg.round_id, party=self.party, signature=signature)
+            self._queue.put(self._join_frame())
+            if statement is not None:
+                self._queue.put(
+                    sign_record_statement(
+                        self._identity,
+                        statement,
+                        config_digest=cfg.digest,
+                        round_id=cfg.round_id,
+                        party=self.party,
+                    )
                 )
-            )
             self._event(Stage.ADVERTISE_KEYS.value)
             self._queue.put(encode_client_message(session.advertise_keys()))
             while True:

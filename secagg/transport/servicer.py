@@ -23,6 +23,7 @@ from secagg.crypto import IdentityPublicKey
 from secagg.errors import InvalidSignature, MalformedMessage, SecAggError, UnexpectedMessage
 from secagg.service.coordinator import END, Outbox, RoundCoordinator, Terminate
 from secagg.service.logs import log_event
+from secagg.service.records import AUDIT_KIND, REPORT_KIND, stored_json
 from secagg.store import StoredRound
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
@@ -79,6 +80,7 @@ class _Stream:
                     return
                 self._count(frame)
                 self._handle(frame)
+            self._half_closed()
         except SecAggError as exc:
             self.reject(exc)
         except Exception as exc:  # the RPC ended under us (cancelled, disconnected, spool gone)
@@ -130,6 +132,9 @@ class _Stream:
             self.spool.add(frame.masked_input_chunk)
             if self.spool.complete:
                 self.round.finish_spool(self.party, self.spool)
+        elif kind == "record_level_statement":
+            assert self.round is not None and self.party is not None
+            self.round.attach_statement(self.party, frame.record_level_statement)
         else:
             assert self.round is not None and self.party is not None
             self.round.submit(self.party, decode_client_message(frame))
@@ -158,6 +163,18 @@ class _Stream:
         self.handshake_deadline = None
 
     # --- endings ------------------------------------------------------------
+
+    def _half_closed(self) -> None:
+        """The client closed its side. Before advertising keys that means it declines the round
+        (it can never take part without them): it leaves now instead of at the deadline."""
+        if (
+            self.joined
+            and self.round is not None
+            and self.party is not None
+            and not self.round.has_advertised(self.party)
+        ):
+            self.round.leave(self.party, why="declined")
+            self.outbox.end()
 
     def reject(self, exc: BaseException) -> None:
         code, details = status_for(exc)
@@ -324,6 +341,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             vector_length=int(stored.config["vector_length"]),
             roster_size=len(stored.config["roster"]),
             threshold=int(stored.config["threshold"]),
+            audit_record_json=stored_json(self.aggregator.store, stored.round_id, AUDIT_KIND),
+            privacy_report_json=stored_json(self.aggregator.store, stored.round_id, REPORT_KIND),
         )
 
     def ListRounds(  # noqa: N802

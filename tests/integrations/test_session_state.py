@@ -43,17 +43,20 @@ def test_session_restored_before_every_message_completes_the_round() -> None:
     assert np.array_equal(server.result.total, np.full(50, 1 + 2 + 3 + 5 + 6 + 7, dtype=np.uint32))
 
 
-def test_export_refuses_a_session_with_unknown_attributes() -> None:
+def test_restore_refuses_a_state_saved_for_another_round() -> None:
     key = IdentityKey.generate()
-    params = RoundParameters.create(
-        round_id=1,
-        roster={1: key.public_key, 2: IdentityKey.generate().public_key},
+    roster = {1: key.public_key, 2: IdentityKey.generate().public_key}
+    common = dict(
+        roster=roster,
         threshold=2,
         vector_length=4,
         encoding=FixedPointEncoding.for_clients(clip=1.0, max_clients=2),
         deadlines={s: 10.0 for s in ACTIVE_STAGES},
     )
+    params = RoundParameters.create(round_id=1, **common)
+    other = RoundParameters.create(round_id=2, **common)
     session = ClientSession(params.config, 1, key, np.zeros(4, dtype=np.uint32))
-    session.new_secret = b"x"  # type: ignore[attr-defined]
-    with pytest.raises(LocalProtocolError, match="attributes changed"):
-        export_client_session(session, params)
+    state = export_client_session(session, params)
+    state["params"] = other.to_proto().SerializeToString()
+    with pytest.raises(LocalProtocolError, match="another round config"):
+        restore_client_session(state, key)

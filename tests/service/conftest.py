@@ -51,12 +51,17 @@ def write_config(
     deadlines: dict[str, float] | None = None,
     extra: str = "",
     roster: Sequence[int] | None = None,
+    sections: str = "",
 ) -> pathlib.Path:
     from secagg.client import load_identity
 
+    agg_key = directory / "aggregator.key"
+    if not agg_key.exists():
+        save_identity(IdentityKey.generate(), agg_key)
     lines = [
         'listen = "127.0.0.1:0"',
         f'data_dir = "{directory / "data"}"',
+        f'aggregator_key = "{agg_key}"',
         f"rounds = {rounds}",
         f"vector_length = {vector_length}",
         extra,
@@ -67,6 +72,8 @@ def write_config(
     ]
     for stage, seconds in (deadlines or FAST_DEADLINES).items():
         lines.append(f"{stage} = {seconds}")
+    if sections:
+        lines.append(sections)
     for party in roster or sorted(keys):
         pub = load_identity(keys[party]).public_key.to_bytes().hex()
         lines.append(f'[[roster]]\nparty = {party}\npublic_key = "{pub}"')

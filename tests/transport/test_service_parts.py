@@ -21,7 +21,9 @@ from secagg.store import RoundOutcomeRecord, RoundStore
 
 
 def _config(tmp_path: pathlib.Path, body: str, n: int = 4) -> pathlib.Path:
-    lines = ["vector_length = 10", body]
+    if not (tmp_path / "agg.key").exists():
+        save_identity(IdentityKey.generate(), tmp_path / "agg.key")
+    lines = ['aggregator_key = "agg.key"', "vector_length = 10", body]
     for p in range(1, n + 1):
         raw = IdentityKey.generate().public_key.to_bytes()
         text = raw.hex() if p % 2 else base64.b64encode(raw).decode()
