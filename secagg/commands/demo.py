@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from secagg.errors import ConfigError
@@ -58,6 +59,12 @@ def register(sub: Any) -> None:
     demo.add_argument("--no-baselines", action="store_true", help="skip the single-site models")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the aggregator and the hospitals in this process over the sans-IO sessions "
+        "(default: a `secagg serve` process and one process per hospital on 127.0.0.1, gRPC)",
+    )
+    demo.add_argument(
         "--masking-only",
         action="store_true",
         help="instead: one bare masking round over random vectors (--clients, --length, --degree)",
@@ -95,10 +102,25 @@ def run(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         seed=args.seed,
     )
+    runner_factory: Callable[[list[Any]], Any] | None = None
+    if not args.in_process:
+        from secagg.demo.federated import default_run_dir
+        from secagg.demo.grpc_runner import GrpcRunner
+
+        if args.run_dir is None:
+            args.run_dir = str(default_run_dir())
+        run_dir = args.run_dir
+
+        def grpc_runner(hospitals: list[Any]) -> GrpcRunner:
+            return GrpcRunner(run_dir, [h.name for h in hospitals])
+
+        runner_factory = grpc_runner
+
     run_demo(
         None if args.resume else config,
         run_dir=args.run_dir,
         resume=args.resume,
         progress=not args.no_progress,
+        runner_factory=runner_factory,
     )
     return 0

@@ -12,11 +12,19 @@ def register(sub: Any) -> None:
         "serve",
         help="run the gRPC aggregator (configured by a TOML file)",
         description="Run the secagg aggregator: drives rounds stage by stage with deadlines, "
-        "persists them in DATA_DIR/aggregator.db and serves results until stopped (SIGTERM).",
+        "persists them in DATA_DIR/aggregator.db, appends a signed audit record per round to "
+        "DATA_DIR/audit.db (verify with `secagg audit verify DATA_DIR`) and serves results until "
+        "stopped (SIGTERM).",
     )
     serve.add_argument("--config", required=True, type=pathlib.Path, help="TOML configuration")
     serve.add_argument("--listen", help="host:port (overrides the file; port 0 = any free port)")
     serve.add_argument("--data-dir", type=pathlib.Path, help="data directory (overrides the file)")
+    serve.add_argument(
+        "--aggregator-key",
+        type=pathlib.Path,
+        help="the aggregator's Ed25519 key file, which signs the audit records (overrides the "
+        "file's aggregator_key; create it with `secagg keys generate --out aggregator.key`)",
+    )
     serve.add_argument(
         "--rounds", type=int, help="number of rounds to run (0 = serve results only)"
     )
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         args.config,
         listen=args.listen,
         data_dir=args.data_dir,
+        aggregator_key=args.aggregator_key,
         rounds=args.rounds,
         exit_after_rounds=args.exit_after_rounds,
         insecure_allow_plaintext=args.insecure_allow_plaintext,

@@ -316,66 +316,88 @@ def run_demo(
     decoder = DistributedDPEncoder(params)  # aggregator side: decodes only
     todo = range(len(completed) + 1, cfg.rounds + 1)
     bar = _progress(todo, enabled=progress)
-    for round_id in bar:
-        t0 = time.perf_counter()
-        faults = fault_schedule(round_id, names) if cfg.dropouts else {}
-        seed = _rotation_seed(run_nonce, round_id)
-        task = RoundTask(
-            round_id=round_id,
-            global_weights=weights,
-            dp_config=dp_config,
-            rotation_seed=seed,
-            roster=names,
-            faults=faults,
+    try:
+        for round_id in bar:
+            t0 = time.perf_counter()
+            faults = fault_schedule(round_id, names) if cfg.dropouts else {}
+            seed = _rotation_seed(run_nonce, round_id)
+            task = RoundTask(
+                round_id=round_id,
+                global_weights=weights,
+                dp_config=dp_config,
+                rotation_seed=seed,
+                roster=names,
+                faults=faults,
+            )
+            outcome: RoundOutcome = runner.run(task)
+            n = len(outcome.survivors)
+            decoder = DistributedDPEncoder(params, rotation_seed=seed)
+            noisy_sum = decoder.decode(outcome.total.astype(np.int64), n)
+            # FedAvg: the securely summed weighted updates over the (noisy) total weight, which is
+            # known only in sum; never below half a site's weight, so the noise cannot blow it up.
+            total_weight = max(float(noisy_sum[-1]) / WEIGHT_COORDINATE_SCALE, 0.5 * min_weight)
+            weights = weights + noisy_sum[:-1] / total_weight
+            statement, site_acc = site_level_statement(params, site_acc, survivors=n)
+            models.load_flat_weights(global_model, weights)
+            accuracy, f1 = models.accuracy_and_f1(
+                data.test_labels, models.predict(global_model, data.test_features)
+            )
+            not_in_sum = tuple(
+                s for s in names if s not in outcome.survivors and s not in outcome.declined
+            )
+            report = outcome.privacy_report
+            if report is None or report.round_id != round_id:
+                report = PrivacyReport(
+                    schema_version=PRIVACY_REPORT_SCHEMA_VERSION,
+                    round_id=round_id,
+                    protection_mode="mask",
+                    participants=outcome.survivors,
+                    dropouts=not_in_sum,
+                    site_level=statement,
+                    record_level=tuple(sorted(outcome.statements, key=lambda s: s.site)),
+                    created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                )
+            record = RoundRecord(
+                round_id=round_id,
+                roster=names,
+                survivors=outcome.survivors,
+                dropouts={st.value: v for st, v in outcome.dropouts.items() if v},
+                declined=dict(outcome.declined),
+                accuracy=accuracy,
+                f1=f1,
+                aggregate_sha256=hashlib.sha256(outcome.total.astype("<u4").tobytes()).hexdigest(),
+                session_id=outcome.session_id.hex(),
+                rotation_seed=seed,
+                seconds=round(time.perf_counter() - t0, 4),
+            )
+            # With a networked runner each hospital keeps its own ledger and reports it.
+            ledgers = (
+                dict(outcome.site_states)
+                if outcome.site_states is not None
+                else {h.name: h.site.state_dict() for h in hospitals}
+            )
+            rd.write_round(
+                record,
+                report,
+                {"site_level": site_acc.state_dict(), "record_level": ledgers},
+                weights,
+            )
+            reports.append(report)
+            records.append(record)
+            for reason in outcome.declined.values():
+                _write(bar, f"  {reason}", out)
+            _write(bar, table_row(record, report), out)
+
+    finally:
+        close = getattr(runner, "close", None)
+        if close is not None:
+            close()  # stops the aggregator and hospital processes of a networked runner
+    if (rd.path / "audit.jsonl").is_file():
+        print(
+            f"\naudit records: {rd.path / 'audit.jsonl'}, signed by the aggregator "
+            f"(check them: secagg audit verify {rd.path})",
+            file=out,
         )
-        outcome: RoundOutcome = runner.run(task)
-        n = len(outcome.survivors)
-        decoder = DistributedDPEncoder(params, rotation_seed=seed)
-        noisy_sum = decoder.decode(outcome.total.astype(np.int64), n)
-        # FedAvg: the securely summed weighted updates over the (noisy) total weight, which is
-        # known only in sum; never below half a site's weight, so the noise cannot blow it up.
-        total_weight = max(float(noisy_sum[-1]) / WEIGHT_COORDINATE_SCALE, 0.5 * min_weight)
-        weights = weights + noisy_sum[:-1] / total_weight
-        statement, site_acc = site_level_statement(params, site_acc, survivors=n)
-        models.load_flat_weights(global_model, weights)
-        accuracy, f1 = models.accuracy_and_f1(
-            data.test_labels, models.predict(global_model, data.test_features)
-        )
-        not_in_sum = tuple(
-            s for s in names if s not in outcome.survivors and s not in outcome.declined
-        )
-        report = PrivacyReport(
-            schema_version=PRIVACY_REPORT_SCHEMA_VERSION,
-            round_id=round_id,
-            protection_mode="mask",
-            participants=outcome.survivors,
-            dropouts=not_in_sum,
-            site_level=statement,
-            record_level=tuple(sorted(outcome.statements, key=lambda s: s.site)),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        record = RoundRecord(
-            round_id=round_id,
-            roster=names,
-            survivors=outcome.survivors,
-            dropouts={st.value: v for st, v in outcome.dropouts.items() if v},
-            declined=dict(outcome.declined),
-            accuracy=accuracy,
-            f1=f1,
-            aggregate_sha256=hashlib.sha256(outcome.total.astype("<u4").tobytes()).hexdigest(),
-            session_id=outcome.session_id.hex(),
-            rotation_seed=seed,
-            seconds=round(time.perf_counter() - t0, 4),
-        )
-        ledgers = {h.name: h.site.state_dict() for h in hospitals}
-        rd.write_round(
-            record, report, {"site_level": site_acc.state_dict(), "record_level": ledgers}, weights
-        )
-        reports.append(report)
-        records.append(record)
-        for reason in outcome.declined.values():
-            _write(bar, f"  {reason}", out)
-        _write(bar, table_row(record, report), out)
 
     fed_acc, fed_f1 = (records[-1].accuracy, records[-1].f1) if records else (0.0, 0.0)
     if reports and reports[-1].site_level is not None:

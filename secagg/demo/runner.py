@@ -11,21 +11,22 @@ rotates, rounds and noises its update (:class:`~secagg.dp.DistributedDPEncoder`)
 encoded vector for the masking layer.
 
 :class:`InProcessRunner` drives both sides in one process through the sans-IO sessions
-(:func:`secagg.simulate.run_round`). A gRPC runner (aggregator process + one process per hospital
-on 127.0.0.1) implements the same protocol: the hospitals then run :meth:`Hospital.local_round`
-in their own processes and only masked vectors cross the wire.
+(:func:`secagg.simulate.run_round`). :class:`secagg.demo.grpc_runner.GrpcRunner` (the default of
+``secagg demo``) runs a real ``secagg serve`` process and one process per hospital on 127.0.0.1:
+the hospitals run :meth:`Hospital.local_round` in their own processes, only masked vectors cross
+the wire, and the aggregator's privacy report and signed audit record come back with the outcome.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from secagg.accounting.report import SiteRecordLevelDP
+from secagg.accounting.report import PrivacyReport, SiteRecordLevelDP
 from secagg.crypto import IdentityKey
 from secagg.dp.distributed import DistributedDPConfig
 from secagg.errors import BudgetExceeded, ConfigError, RoundAborted
@@ -89,6 +90,10 @@ class RoundOutcome:
     declined: Mapping[str, str]
     statements: tuple[SiteRecordLevelDP, ...]
     session_id: bytes
+    privacy_report: PrivacyReport | None = None
+    """The report the aggregator persisted and signed into its audit record (gRPC runner)."""
+    site_states: Mapping[str, Any] | None = None
+    """Each hospital's record-level ledger after the round, when the hospitals run elsewhere."""
 
     @property
     def dropped(self) -> tuple[str, ...]:

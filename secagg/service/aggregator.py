@@ -10,7 +10,9 @@ done with ``exit_after_rounds``). On SIGTERM/SIGINT it opens no new round; a rou
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 import threading
 import time
@@ -40,6 +42,27 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name
 INTERRUPTED_REASON = (
     "the aggregator stopped while the round was running (crash or kill); the round never completed"
 )
+
+
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc <malloc.h>
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (mallopt M_ARENA_MAX) before the server starts its threads.
+
+    By default glibc gives each new thread its own arena (up to 8 per core), and every arena keeps
+    the 1 MiB chunk buffers its thread freed: with one reader thread per upload, resident memory
+    grew by megabytes per concurrent upload. Same effect as ``MALLOC_ARENA_MAX`` in the
+    environment, which wins if set. No-op (False) on other C libraries.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 class Aggregator:
@@ -148,9 +171,12 @@ class Aggregator:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.so_reuseport", 0),
+            # No BDP probing: it grows every stream's HTTP/2 window to several MiB, which gRPC
+            # then buffers per upload whether or not the servicer reads (see docs/service.md §8).
+            # Streams keep the 64 KiB default window, enlarged to one message for a pending read.
+            ("grpc.http2.bdp_probe", 0),
         ]
-        import json as _j, os as _o  # EXPERIMENT-HOOK
-        options += [tuple(x) for x in _j.loads(_o.environ.get("SECAGG_EXP_OPTS", "[]"))]  # EXPERIMENT-HOOK
+        limit_malloc_arenas()
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secagg-rpc"),
             options=options,

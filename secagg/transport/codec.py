@@ -614,15 +614,16 @@ class MaskedInputSpool:
             raise MalformedMessage(f"chunk {chunk.index} has offset {chunk.offset}, not {offset}")
         n = min(self.chunk_words, self.length - offset)
         want = words.chunk_bytes(n, self.fmt, self.bits)
-        if len(chunk.data) != want:
+        data = chunk.data  # each access to a protobuf bytes field is a fresh copy: read it once
+        if len(data) != want:
             raise MalformedMessage(
-                f"chunk {chunk.index} carries {len(chunk.data)} bytes, {n} words need {want}"
+                f"chunk {chunk.index} carries {len(data)} bytes, {n} words need {want}"
             )
         if self.fmt == words.UINT32_LE:
-            self._file.write(chunk.data)
+            self._file.write(data)
         else:
-            self._file.write(words.decode_words(chunk.data, self.fmt, self.bits, n).tobytes())
-        self.bytes_received += len(chunk.data)
+            self._file.write(words.decode_words(data, self.fmt, self.bits, n).tobytes())
+        self.bytes_received += len(data)
         self.next_index += 1
 
     def finish(self) -> MaskedInput:

@@ -49,13 +49,56 @@ __all__ = ["AggregatorServicer"]
 GET_RESULT_WINDOW_MS = 300_000
 MIN_CHUNK_WORDS = 1024
 RESULT_CHUNK_WORDS = 1 << 18
+# Masked-input chunks read at once over all uploads (docs/service.md §8): an uploading stream
+# waits for a slot before it asks gRPC for its next chunk, so the other uploads are held back by
+# HTTP/2 flow control in their clients instead of piling up in the server. A slot still waiting
+# for its chunk after UPLOAD_SLOT_LEASE_S is handed on: a slow client cannot hold the others up.
+UPLOAD_SLOTS = 2
+UPLOAD_SLOT_LEASE_S = 2.0
+# Result chunks in flight at once over all GetResult calls (same gate, same reason).
+DOWNLOAD_SLOTS = 4
+
+
+class UploadGate:
+    """At most ``slots`` chunk reads at a time; a slot lapses ``lease_s`` after it was taken."""
+
+    def __init__(self, slots: int = UPLOAD_SLOTS, lease_s: float = UPLOAD_SLOT_LEASE_S) -> None:
+        self.slots = slots
+        self.lease_s = lease_s
+        self._cond = threading.Condition()
+        self._leases: dict[object, float] = {}
+
+    def acquire(self) -> object:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, expiry in list(self._leases.items()):
+                    if expiry <= now:
+                        del self._leases[token]
+                if len(self._leases) < self.slots:
+                    token = object()
+                    self._leases[token] = now + self.lease_s
+                    return token
+                self._cond.wait(max(0.001, min(self._leases.values()) - now))
+
+    def release(self, token: object) -> None:
+        with self._cond:
+            if self._leases.pop(token, None) is not None:
+                self._cond.notify()
 
 
 class _Stream:
     """The server side of one Participate call."""
 
-    def __init__(self, aggregator: Aggregator, context: grpc.ServicerContext) -> None:
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        context: grpc.ServicerContext,
+        gate: UploadGate | None = None,
+    ) -> None:
         self.aggregator = aggregator
+        self.gate = gate
+        self._slot: object | None = None
         self.log = aggregator.log
         self.context = context
         self.outbox = Outbox()
@@ -75,11 +118,12 @@ class _Stream:
 
     def read_loop(self, requests: Iterator[pb.ClientFrame]) -> None:
         try:
-            for frame in requests:
+            for frame in self._gated(requests):
                 if self.outbox.closed:
                     return
                 self._count(frame)
                 self._handle(frame)
+                del frame  # not held while this stream waits for an upload slot
             self._half_closed()
         except SecAggError as exc:
             self.reject(exc)
@@ -93,6 +137,26 @@ class _Stream:
                     error=type(exc).__name__,
                 )
             self.lost()
+
+    def _gated(self, requests: Iterator[pb.ClientFrame]) -> Iterator[pb.ClientFrame]:
+        """The frames; while an upload is open, each chunk is read and handled under a slot."""
+        it = iter(requests)
+        while True:
+            if self.gate is not None and self.spool is not None and not self.spool.complete:
+                self._slot = self.gate.acquire()
+            try:
+                frame = next(it, None)
+                if frame is None:
+                    return
+                yield frame
+                del frame
+            finally:
+                self._release_slot()
+
+    def _release_slot(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None and self.gate is not None:
+            self.gate.release(slot)
 
     def _count(self, frame: pb.ClientFrame) -> None:
         size = frame.ByteSize()
@@ -131,6 +195,7 @@ class _Stream:
             assert self.round is not None and self.party is not None
             self.spool.add(frame.masked_input_chunk)
             if self.spool.complete:
+                self._release_slot()  # adding into the accumulator is serialized anyway
                 self.round.finish_spool(self.party, self.spool)
         elif kind == "record_level_statement":
             assert self.round is not None and self.party is not None
@@ -207,11 +272,30 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def __init__(self, aggregator: Aggregator) -> None:
         self.aggregator = aggregator
         self.log = aggregator.log
+        self.upload_gate: UploadGate | None = UploadGate(UPLOAD_SLOTS)
+        self.download_gate: UploadGate | None = UploadGate(DOWNLOAD_SLOTS)
+
+    def _gated_chunks(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Result chunks, each read and sent under a slot of the download gate (like uploads)."""
+        gate = self.download_gate
+        if gate is None:
+            yield from chunks
+            return
+        while True:
+            slot = gate.acquire()
+            try:
+                block = next(chunks, None)
+                if block is None:
+                    return
+                yield block  # resumed once gRPC has sent the chunk's message
+                del block
+            finally:
+                gate.release(slot)
 
     def Participate(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterator[pb.ClientFrame], context: grpc.ServicerContext
     ) -> Iterator[pb.ServerFrame]:
-        stream = _Stream(self.aggregator, context)
+        stream = _Stream(self.aggregator, context, self.upload_gate)
         context.add_callback(stream.lost)
         reader = threading.Thread(
             target=stream.read_loop, args=(request_iterator,), daemon=True, name="secagg-reader"
@@ -307,9 +391,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             )
         )
         offset = 0
-        for block in chunks:
+        for block in self._gated_chunks(chunks):
             yield pb.ResultChunk(offset=offset, data=block)
             offset += len(block) // 4
+            del block
         log_event(self.log, "result_served", round=stored.round_id, words=offset)
 
     def GetRoundRecord(  # noqa: N802

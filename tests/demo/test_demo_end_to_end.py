@@ -132,3 +132,64 @@ def test_public_ranges_are_the_published_table() -> None:
     rows = [line for line in descr.splitlines() if "):" in line and line[0].isalpha()]
     published = [tuple(float(v) for v in line.split(":")[1].split()) for line in rows]
     assert published == list(WDBC_PUBLISHED_RANGES)
+
+
+# --- over gRPC: a real aggregator process and one process per hospital ----------------------
+
+
+def test_reduced_demo_over_grpc_with_real_dropouts_and_verifiable_audit_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from secagg.audit import read_jsonl, verify_records
+    from secagg.demo.grpc_runner import GrpcRunner
+
+    run_dir = tmp_path / "grpc-run"
+    cfg = DemoConfig(site_budgets={"hospital-2": 1e-3}, baselines=False, **SMALL)
+    buf = io.StringIO()
+    result = run_demo(
+        cfg,
+        run_dir=run_dir,
+        out=buf,
+        progress=False,
+        runner_factory=lambda hospitals: GrpcRunner(run_dir, [h.name for h in hospitals]),
+    )
+    rd = RunDirectory(run_dir)
+    assert rd.round_ids() == [1, 2, 3]
+    # The dropouts were real: the aggregator's deadline cut the silent hospitals off.
+    log = (run_dir / "grpc" / "aggregator.log").read_text()
+    assert '"event":"client_missed_deadline","round":2,"party":3,"stage":"masked_input"' in log
+    assert '"event":"client_missed_deadline","round":3,"party":1,"stage":"unmask"' in log
+    r2, r3 = rd.read_record(2), rd.read_record(3)
+    assert r2.dropouts == {"masked_input": ("hospital-3",)} and "hospital-3" not in r2.survivors
+    assert r3.dropouts == {"unmask": ("hospital-1",)} and "hospital-1" in r3.survivors
+    for rid in (1, 2, 3):
+        assert "hospital-2" in rd.read_record(rid).declined  # its budget: it declined each round
+
+    # The privacy reports in the run directory are the aggregator's, signed into its records.
+    texts = list(read_jsonl(run_dir / "audit.jsonl"))
+    pub = (run_dir / "aggregator.pub").read_text().strip()
+    chain = verify_records(texts, aggregator_key=load_identity_pub(pub))
+    assert chain.ok, chain.problems
+    assert [r.privacy_report for r in chain.records] == list(result.reports)
+    assert [rd.read_report(r) for r in (1, 2, 3)] == list(result.reports)
+    last = result.reports[-1]
+    assert "hospital-2" not in last.participants and last.site_level is not None
+    assert {s.site for s in last.record_level} == set(last.participants)
+    acc = RdpAccountant()
+    acc.load_state_dict(rd.read_accountant_state(3)["site_level"])
+    assert acc.get_epsilon(1e-5) == pytest.approx(last.site_level.epsilon_cumulative)
+    ledgers = rd.read_accountant_state(3)["record_level"]
+    assert set(ledgers) == {f"hospital-{k}" for k in range(1, 6)}
+    assert (run_dir / "report.html").is_file()
+    assert "audit records:" in buf.getvalue()
+
+    assert main(["audit", "verify", str(run_dir), "--aggregator-key", pub]) == 0
+    assert "OK: 3 records" in capsys.readouterr().out
+    leftovers = [p for p in (run_dir / "aggregator" / "spool").iterdir()]
+    assert not leftovers
+
+
+def load_identity_pub(hex_key: str):  # type: ignore[no-untyped-def]
+    from secagg.crypto import IdentityPublicKey
+
+    return IdentityPublicKey.from_bytes(bytes.fromhex(hex_key))

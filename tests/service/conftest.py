@@ -52,6 +52,7 @@ def write_config(
     extra: str = "",
     roster: Sequence[int] | None = None,
     sections: str = "",
+    names: dict[int, str] | None = None,
 ) -> pathlib.Path:
     from secagg.client import load_identity
 
@@ -77,6 +78,8 @@ def write_config(
     for party in roster or sorted(keys):
         pub = load_identity(keys[party]).public_key.to_bytes().hex()
         lines.append(f'[[roster]]\nparty = {party}\npublic_key = "{pub}"')
+        if names and party in names:
+            lines.append(f'name = "{names[party]}"')
     path = directory / "aggregator.toml"
     path.write_text("\n".join(lines) + "\n")
     return path

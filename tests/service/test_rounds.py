@@ -120,7 +120,9 @@ def test_clean_round_is_exact_and_survives_a_restart_which_marks_the_interrupted
     before, record = _fetch(server, keys[2], 1)
     np.testing.assert_array_equal(before.total, expected_total([1, 2, 3, 4], N, LENGTH))
     assert all(not s["dropouts"] for s in record["stages"].values())
-    assert [r["kind"] for r in record["records"]] == ["round_summary"]
+    kinds = [r["kind"] for r in record["records"]]
+    assert kinds == ["round_summary", "privacy_report", "audit_record"]
+    assert record["audit_record"] and record["privacy_report"].participants == ("1", "2", "3", "4")
     # Round 2 starts (one client joins, the others never come), then the aggregator is killed.
     late = ClientProcess(server.target, keys[1], 1, *CHUNK)
     clients.append(late)
