@@ -53,8 +53,13 @@ def run_round(
     encoded_inputs: Mapping[int, npt.NDArray[np.uint32]],
     *,
     dropouts: DropoutSchedule | None = None,
+    server: ServerSession | None = None,
 ) -> AggregateResult:
-    """Run one round over already-encoded inputs; raise RoundAborted if it cannot complete."""
+    """Run one round over already-encoded inputs; raise RoundAborted if it cannot complete.
+
+    Pass a fresh ``server`` to keep a handle on the server session (for records of an aborted
+    round, say); by default one is created.
+    """
     schedule = _normalise_schedule(dropouts)
     if set(encoded_inputs) - set(config.roster):
         raise ConfigError("inputs given for parties that are not in the roster")
@@ -62,7 +67,10 @@ def run_round(
         p: ClientSession(config, p, identities[p], encoded_inputs[p])
         for p in sorted(encoded_inputs)
     }
-    server = ServerSession(config)
+    if server is None:
+        server = ServerSession(config)
+    elif server.config is not config or server.stage is not Stage.ADVERTISE_KEYS:
+        raise ConfigError("the server session must be fresh and built from the same config")
     gone: set[int] = set()
     outbox: Mapping[int, ServerMessage] = {}
     for stage in ACTIVE_STAGES:

@@ -12,16 +12,14 @@ from secagg.accounting.report import PrivacyReport
 from secagg.audit.record import GENESIS_HASH, AuditError, RoundRecord, build_record
 from secagg.audit.verify import ChainReport, verify_chain
 from secagg.crypto import IdentityKey, IdentityPublicKey
-from secagg.errors import CryptoError, ProtocolError, RoundAborted
+from secagg.errors import RoundAborted
 from secagg.protocol import (
-    ACTIVE_STAGES,
     AggregateResult,
-    ClientSession,
     RoundConfig,
-    ServerMessage,
     ServerSession,
     Stage,
 )
+from secagg.simulate import run_round
 
 __all__ = ["RecordChain", "RecordSink", "record_round", "run_recorded_round"]
 
@@ -124,32 +122,9 @@ def run_recorded_round(
 
     An aborted round is recorded, then :class:`~secagg.errors.RoundAborted` is raised as usual.
     """
-    schedule = dict(dropouts or {})
-    clients = {
-        p: ClientSession(config, p, identities[p], encoded_inputs[p])
-        for p in sorted(encoded_inputs)
-    }
     server = ServerSession(config)
-    gone: set[int] = set()
-    outbox: Mapping[int, ServerMessage] = {}
     try:
-        for stage in ACTIVE_STAGES:
-            gone |= set(schedule.get(stage, ()))
-            if stage is Stage.ADVERTISE_KEYS:
-                for p, client in clients.items():
-                    if p not in gone:
-                        server.receive(client.advertise_keys())
-            else:
-                for p, message in outbox.items():
-                    if p in gone:
-                        continue
-                    try:
-                        reply = clients[p].receive(message)
-                    except (ProtocolError, CryptoError):
-                        gone.add(p)
-                        continue
-                    server.receive(reply)
-            outbox = server.close_stage()
+        result = run_round(config, identities, encoded_inputs, dropouts=dropouts, server=server)
     except RoundAborted:
         record_round(
             server,
@@ -166,4 +141,4 @@ def run_recorded_round(
         privacy_report=privacy_report,
         created_at=created_at,
     )
-    return server.result, record
+    return result, record

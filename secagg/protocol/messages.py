@@ -9,12 +9,13 @@ another party. Server messages are not signed: clients check them against what t
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias
+from typing import Any, ClassVar, Self, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -168,6 +169,13 @@ class _SignedClientMessage(abc.ABC):
             self.stage, self.round_id, config_digest, self._session(), self.sender
         )
 
+    @classmethod
+    def _signed(cls, identity: IdentityKey, config_digest: bytes, **fields: Any) -> Self:
+        """Build the message with ``fields`` and the sender's signature over it."""
+        unsigned = cls(signature=bytes(SIGNATURE_BYTES), **fields)
+        signature = identity.sign(unsigned.context(config_digest), unsigned.payload())
+        return dataclasses.replace(unsigned, signature=signature)
+
     def verify(self, key: IdentityPublicKey, config_digest: bytes) -> None:
         """Raise :class:`~secagg.errors.InvalidSignature` unless the sender signed this message."""
         key.verify(self.signature, self.context(config_digest), self.payload())  # type: ignore[attr-defined]
@@ -207,9 +215,14 @@ class AdvertiseKeys(_SignedClientMessage):
         cipher_public_key: bytes,
         mask_public_key: bytes,
     ) -> AdvertiseKeys:
-        unsigned = cls(round_id, sender, cipher_public_key, mask_public_key, bytes(64))
-        sig = identity.sign(unsigned.context(config_digest), unsigned.payload())
-        return cls(round_id, sender, cipher_public_key, mask_public_key, sig)
+        return cls._signed(
+            identity,
+            config_digest,
+            round_id=round_id,
+            sender=sender,
+            cipher_public_key=cipher_public_key,
+            mask_public_key=mask_public_key,
+        )
 
 
 @dataclass(frozen=True)
@@ -248,9 +261,14 @@ class ShareKeys(_SignedClientMessage):
         session_id: bytes,
         encrypted_shares: tuple[tuple[int, bytes], ...],
     ) -> ShareKeys:
-        unsigned = cls(round_id, sender, session_id, encrypted_shares, bytes(64))
-        sig = identity.sign(unsigned.context(config_digest), unsigned.payload())
-        return cls(round_id, sender, session_id, encrypted_shares, sig)
+        return cls._signed(
+            identity,
+            config_digest,
+            round_id=round_id,
+            sender=sender,
+            session_id=session_id,
+            encrypted_shares=encrypted_shares,
+        )
 
 
 def vector_digest(vector: npt.NDArray[np.uint32]) -> bytes:
@@ -294,9 +312,14 @@ class MaskedInput(_SignedClientMessage):
         masked_vector: npt.NDArray[np.uint32],
     ) -> MaskedInput:
         masked_vector.flags.writeable = False
-        unsigned = cls(round_id, sender, session_id, masked_vector, bytes(64))
-        sig = identity.sign(unsigned.context(config_digest), unsigned.payload())
-        return cls(round_id, sender, session_id, masked_vector, sig)
+        return cls._signed(
+            identity,
+            config_digest,
+            round_id=round_id,
+            sender=sender,
+            session_id=session_id,
+            masked_vector=masked_vector,
+        )
 
 
 @dataclass(frozen=True)
@@ -332,9 +355,14 @@ class ConsistencySignature(_SignedClientMessage):
         session_id: bytes,
         survivors: tuple[int, ...],
     ) -> ConsistencySignature:
-        unsigned = cls(round_id, sender, session_id, bytes(64), survivors)
-        sig = identity.sign(unsigned.context(config_digest), unsigned.payload())
-        return cls(round_id, sender, session_id, sig, survivors)
+        return cls._signed(
+            identity,
+            config_digest,
+            round_id=round_id,
+            sender=sender,
+            session_id=session_id,
+            survivors=survivors,
+        )
 
 
 @dataclass(frozen=True)
@@ -379,9 +407,15 @@ class UnmaskShares(_SignedClientMessage):
         self_mask_shares: tuple[tuple[int, bytes], ...],
         mask_key_shares: tuple[tuple[int, bytes], ...],
     ) -> UnmaskShares:
-        unsigned = cls(round_id, sender, session_id, self_mask_shares, mask_key_shares, bytes(64))
-        sig = identity.sign(unsigned.context(config_digest), unsigned.payload())
-        return cls(round_id, sender, session_id, self_mask_shares, mask_key_shares, sig)
+        return cls._signed(
+            identity,
+            config_digest,
+            round_id=round_id,
+            sender=sender,
+            session_id=session_id,
+            self_mask_shares=self_mask_shares,
+            mask_key_shares=mask_key_shares,
+        )
 
 
 ClientMessage: TypeAlias = (

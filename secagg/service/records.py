@@ -149,17 +149,13 @@ class RoundBooks:
             dropouts=tuple(self._site_name(p) for p in sorted(set(advertised) - set(survivors))),
             site_level=statement,
             record_level=tuple(
-                sorted(
-                    (statements[p] for p in survivors if p in statements), key=lambda s: s.site
-                )
+                sorted((statements[p] for p in survivors if p in statements), key=lambda s: s.site)
             ),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         return report, after
 
-    def audit_record(
-        self, session: ServerSession, report: PrivacyReport | None
-    ) -> RoundRecord:
+    def audit_record(self, session: ServerSession, report: PrivacyReport | None) -> RoundRecord:
         """The signed record of a finished round, placed after the ledger's last record."""
         sequence, prev = self.ledger.next_link()
         return build_record(
