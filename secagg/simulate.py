@@ -33,7 +33,7 @@ __all__ = [
     "simulate",
 ]
 
-DropoutSchedule = Mapping[Stage | str, Iterable[int]]
+DropoutSchedule = Mapping[Stage, Iterable[int]] | Mapping[str, Iterable[int]]
 """Stage (or its name) -> parties that stop answering at that stage (they send nothing more)."""
 
 

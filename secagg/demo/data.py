@@ -78,7 +78,8 @@ def public_transform(features: npt.ArrayLike) -> npt.NDArray[np.float64]:
     hi = np.array([r[1] for r in WDBC_PUBLISHED_RANGES])
     if x.ndim != 2 or x.shape[1] != lo.size:
         raise ValueError(f"expected an (n, {lo.size}) feature matrix, got shape {x.shape}")
-    return 2.0 * (x - lo) / (hi - lo) - 1.0
+    scaled: npt.NDArray[np.float64] = 2.0 * (x - lo) / (hi - lo) - 1.0
+    return scaled
 
 
 @dataclass(frozen=True, eq=False)

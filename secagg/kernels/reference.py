@@ -153,4 +153,7 @@ def unpack_bits(buf: npt.NDArray[np.uint8] | bytes, bits: int, length: int) -> _
         raise MalformedMessage("the padding bits of a packed vector are not zero")
     digits = stream[: length * bits].reshape(length, bits).astype(np.uint32)
     weights = np.uint32(1) << np.arange(bits, dtype=np.uint32)
-    return (digits * weights).sum(axis=1, dtype=np.uint64).astype(np.uint32)
+    values: npt.NDArray[np.uint32] = (
+        (digits * weights).sum(axis=1, dtype=np.uint64).astype(np.uint32)
+    )
+    return values

@@ -335,8 +335,8 @@ class ClientSession:
                 continue
             key = self._share_key(v)
             plaintext = seed_shares[v] + key_shares[v]
-            ad = share_associated_data(cfg.round_id, self._session_id, self.party, v)
-            encrypted.append((v, seal(key, plaintext, ad)))
+            aad = share_associated_data(cfg.round_id, self._session_id, self.party, v)
+            encrypted.append((v, seal(key, plaintext, aad)))
         return ShareKeys.create(
             self._identity,
             round_id=cfg.round_id,
@@ -354,8 +354,8 @@ class ClientSession:
         if strangers:
             raise UnknownParty(f"shares from parties that are not neighbours: {sorted(strangers)}")
         for sender, box in msg.encrypted_shares:
-            ad = share_associated_data(cfg.round_id, self._session_id, sender, self.party)
-            plaintext = open_sealed(self._share_key(sender), box, ad)
+            aad = share_associated_data(cfg.round_id, self._session_id, sender, self.party)
+            plaintext = open_sealed(self._share_key(sender), box, aad)
             self._held_shares[sender] = _split_share_plaintext(plaintext)
         live = senders | {self.party}
         if len(live) < cfg.threshold:
@@ -367,7 +367,8 @@ class ClientSession:
         self._share_senders = frozenset(senders)
 
         masked = self._input.copy()
-        add, subtract = [self._self_mask_seed], []
+        add: list[bytes] = [self._self_mask_seed]
+        subtract: list[bytes] = []
         for v in sorted(senders):
             secret = self._mask_key.exchange(self._peer_keys[v].mask_public_key)
             seed = pairwise_seed(

@@ -172,9 +172,11 @@ class _SignedClientMessage(abc.ABC):
     @classmethod
     def _signed(cls, identity: IdentityKey, config_digest: bytes, **fields: Any) -> Self:
         """Build the message with ``fields`` and the sender's signature over it."""
-        unsigned = cls(signature=bytes(SIGNATURE_BYTES), **fields)
+        build: Any = cls  # every concrete message declares a ``signature`` field
+        unsigned = build(signature=bytes(SIGNATURE_BYTES), **fields)
         signature = identity.sign(unsigned.context(config_digest), unsigned.payload())
-        return dataclasses.replace(unsigned, signature=signature)
+        signed: Self = dataclasses.replace(unsigned, signature=signature)
+        return signed
 
     def verify(self, key: IdentityPublicKey, config_digest: bytes) -> None:
         """Raise :class:`~secagg.errors.InvalidSignature` unless the sender signed this message."""

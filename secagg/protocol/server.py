@@ -325,8 +325,8 @@ class ServerSession:
             self._dropped = tuple(
                 sorted(self._senders[Stage.SHARE_KEYS] - self._senders[Stage.MASKED_INPUT])
             )
-            request = SurvivorsRequest(cfg.round_id, self._session_id, self._survivors)
-            return {p: request for p in self._survivors}
+            survivors = SurvivorsRequest(cfg.round_id, self._session_id, self._survivors)
+            return {p: survivors for p in self._survivors}
         if stage is Stage.CONSISTENCY_CHECK:
             signatures = tuple(sorted(self._consistency.items()))
             request = UnmaskRequest(
