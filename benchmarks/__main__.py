@@ -8,8 +8,10 @@ Usage, from the repository root::
     python -m benchmarks --assemble      # only re-concatenate the existing sections
 
 Sections: ``masking`` (benchmarks/bench_masking.py), ``ckks`` (benchmarks/bench_ckks.py, run as a
-subprocess and captured if it does not write its own section). Others (e.g. ``grpc``) can add a
-``results/<name>.md`` file and a runner entry here.
+subprocess and captured if it does not write its own section), ``grpc``
+(benchmarks/bench_grpc.py: a real ``secagg serve`` and client processes on 127.0.0.1) and
+``flower`` (benchmarks/bench_flower.py: the same Flower simulation with Flower's SecAgg+ and with
+the secagg adapter). The last two write their own ``results/<name>.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from benchmarks import bench_masking
 from benchmarks._report import BENCH_DIR, RESULTS_DIR, assemble, write_section
 
-SECTIONS = ("masking", "ckks")
+SECTIONS = ("masking", "ckks", "grpc", "flower")
 
 
 def _run_ckks(quick: bool) -> None:
@@ -65,6 +67,15 @@ def main(argv: list[str] | None = None) -> None:
                 _run_ckks(args.quick)
             except (subprocess.CalledProcessError, OSError) as exc:
                 print(f"ckks benchmark failed: {exc}", file=sys.stderr)
+        for name, quick_args in (
+            ("grpc", ["--clients", "5", "--length", "1000000"]),
+            ("flower", ["--quick"]),
+        ):
+            if name in chosen:
+                extra = quick_args if args.quick else []
+                command = [sys.executable, "-m", f"benchmarks.bench_{name}", *extra]
+                if subprocess.run(command, check=False).returncode != 0:
+                    print(f"{name} benchmark failed", file=sys.stderr)
     path = assemble()
     print(path.read_text())
     print(f"wrote {path}", file=sys.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 RESULTS_FILE = BENCH_DIR / "RESULTS.md"
-SECTION_ORDER = ("masking", "ckks", "grpc")
+SECTION_ORDER = ("masking", "ckks", "grpc", "flower")
 
 
 def cpu_model() -> str:

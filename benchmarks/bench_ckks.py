@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from benchmarks.bench_masking import Row, float_input, prg_throughput, run_secagg
 from secagg.he import (
     CkksParameters,
     EncryptedSum,
@@ -26,6 +27,11 @@ from secagg.he import (
     PublicContext,
     encrypt_update,
 )
+
+
+def _masking_row(n_sites: int, m: int) -> Row:
+    """The full-graph, no-dropout masking round on the same inputs (t = a strict majority)."""
+    return Row(n=n_sites, m=m, dropout=0.0, holders=None, threshold=n_sites // 2 + 1)
 
 
 def run(n_sites: int, m: int, params: CkksParameters, seed: int = 0) -> dict[str, float]:
@@ -39,7 +45,7 @@ def run(n_sites: int, m: int, params: CkksParameters, seed: int = 0) -> dict[str
     enc_times, add_times, wire = [], [], []
     peak = 0.0
     for i in range(n_sites):
-        x = rng.uniform(-1.0, 1.0, m)
+        x = float_input(_masking_row(n_sites, m), i + 1).astype(np.float64)  # same as masking
         expected += weights[i] * x
         peak = max(peak, float(np.max(np.abs(weights[i] * x))))
         t0 = time.perf_counter()
@@ -91,8 +97,10 @@ def main() -> None:
         "| max abs error | documented bound |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ckks_rows = []
     for m in args.sizes:
         r = run(args.sites, m, params)
+        ckks_rows.append(r)
         print(
             f"| {m:,} | {r['chunks']:,} | {r['encrypt_s']:.3f} | {r['wire_bytes'] / 1e6:.1f} MB "
             f"| {r['expansion']:.2f}x | {r['sum_s']:.3f} | {r['result_s']:.3f} "
@@ -100,6 +108,28 @@ def main() -> None:
         )
     print()
     print(f"public context: {r['context_bytes'] / 1e3:.0f} kB (public key only)")
+    print()
+    print(
+        f"Mode `mask` on the same inputs (SecAgg, full graph, n = {args.sites}, t ="
+        f" {args.sites // 2 + 1}, no dropout; client = all five stages incl. encoding):"
+    )
+    print()
+    print(
+        "| m | client, all stages (s) | bytes/site | expansion vs float32 "
+        "| server, all stages (s) | server unmask (s) | ckks client / mask client "
+        "| ckks server (sum + decrypt) / mask server |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    gbps = prg_throughput()
+    for m, r in zip(args.sizes, ckks_rows, strict=True):
+        s = run_secagg(_masking_row(args.sites, m), gbps)
+        ckks_server = r["sum_s"] + r["result_s"] + r["decrypt_s"]
+        print(
+            f"| {m:,} | {s['client_all']:.3f} | {s['upload_bytes'] / 1e6:.1f} MB "
+            f"| {s['upload_bytes'] / (4 * m):.2f}x | {s['server_total']:.3f} "
+            f"| {s['server_unmask']:.3f} | {r['encrypt_s'] / s['client_all']:.1f}x "
+            f"| {ckks_server / s['server_total']:.1f}x |"
+        )
 
 
 if __name__ == "__main__":
