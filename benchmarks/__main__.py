@@ -32,10 +32,11 @@ def _run_ckks(quick: bool) -> None:
     script = BENCH_DIR / "bench_ckks.py"
     if not script.exists():
         return
+    command = [sys.executable, "-m", "benchmarks.bench_ckks"]
     if (RESULTS_DIR / "ckks.md").exists() and _writes_own_section(script):
-        subprocess.run([sys.executable, str(script)], check=True)
+        subprocess.run(command, check=True)
         return
-    args = [sys.executable, str(script)]
+    args = command
     if quick:
         args += ["--sizes", "100000"]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout

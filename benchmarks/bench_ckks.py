@@ -1,12 +1,12 @@
-"""Benchmark of the ``ckks`` mode: n sites, m floats each; prints a Markdown table.
+"""Benchmark of the ``ckks`` mode beside the ``mask`` mode on the same inputs; prints Markdown.
 
-Run: ``.venv/bin/python benchmarks/bench_ckks.py`` (optionally ``--sites 10 --sizes 100000 1000000
---repeat 1``). For each size: per-site encryption time (encode + encrypt + serialise, mean over
-sites), bytes a site sends and the expansion over float32, the aggregator's time to check and add
-all updates (deserialisation included), the time to serialise the encrypted sum, the key holder's
-decryption time, and the max absolute error against the float64 weighted sum beside the documented
-bound. Sites are processed one after the other, as they would arrive: the aggregator holds the
-running sum plus one update.
+Run from the repository root: ``python -m benchmarks.bench_ckks`` (optionally ``--sites 10
+--sizes 100000 1000000``). For each size: per-site encryption time (encode + encrypt + serialise,
+mean over sites), bytes a site sends and the expansion over float32, the aggregator's time to check
+and add all updates (deserialisation included), the time to serialise the encrypted sum, the key
+holder's decryption time, and the max absolute error against the float64 weighted sum beside the
+documented bound. Sites are processed one after the other, as they would arrive: the aggregator
+holds the running sum plus one update. Then the full-graph masking round on the same inputs.
 """
 
 from __future__ import annotations
