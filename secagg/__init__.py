@@ -2,13 +2,20 @@
 
 The public API: the sans-IO protocol sessions and their configuration, the fixed-point encoding,
 and the error types; the in-process driver is ``secagg.simulate`` (``simulate``, ``run_round``:
-imported from that module, whose name the function would otherwise shadow). Optional parts
-live in their own packages: ``secagg.client`` (gRPC client), ``secagg.he`` (CKKS, extra ``he``),
+imported from that module, whose name the function would otherwise shadow). Optional parts live in
+their own packages: ``secagg.client`` (gRPC client), ``secagg.he`` (CKKS, extra ``he``),
 ``secagg.dp`` and ``secagg.accounting`` (differential privacy), ``secagg.audit`` (round records),
 ``secagg.integrations.flower`` (extra ``flower``).
+
+Names are resolved lazily (PEP 562), so ``import secagg.accounting`` or ``import secagg.errors``
+does not pull numpy or the cryptography libraries in.
 """
 
-from secagg.encoding import FixedPointEncoding
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from secagg.errors import (
     BudgetExceeded,
     ConfigError,
@@ -21,17 +28,31 @@ from secagg.errors import (
     RoundAborted,
     SecAggError,
 )
-from secagg.protocol import (
-    AggregateResult,
-    ClientSession,
-    GraphParameters,
-    RoundConfig,
-    ServerSession,
-    Stage,
-    choose_parameters,
-)
+
+if TYPE_CHECKING:
+    from secagg.encoding import FixedPointEncoding
+    from secagg.protocol import (
+        AggregateResult,
+        ClientSession,
+        GraphParameters,
+        RoundConfig,
+        ServerSession,
+        Stage,
+        choose_parameters,
+    )
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "FixedPointEncoding": "secagg.encoding",
+    "AggregateResult": "secagg.protocol",
+    "ClientSession": "secagg.protocol",
+    "GraphParameters": "secagg.protocol",
+    "RoundConfig": "secagg.protocol",
+    "ServerSession": "secagg.protocol",
+    "Stage": "secagg.protocol",
+    "choose_parameters": "secagg.protocol",
+}
 
 __all__ = [
     "AggregateResult",
@@ -54,3 +75,14 @@ __all__ = [
     "__version__",
     "choose_parameters",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'secagg' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
