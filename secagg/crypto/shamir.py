@@ -102,12 +102,12 @@ def _pow_mod(base: _U64, exponent: int) -> _U64:
     return result
 
 
-_SMALL_INVERSE = 256  # below this many elements, Python's pow() beats 31 rounds of numpy ops
+_SMALL_INVERSE = 256  # below this many elements, Python's pow(v, -1, p) beats 31 numpy rounds
 
 
 def _inverse(values: _U64) -> _U64:
     if values.size <= _SMALL_INVERSE:
-        flat = [pow(v, FIELD_PRIME - 2, FIELD_PRIME) for v in values.ravel().tolist()]
+        flat = [pow(v, -1, FIELD_PRIME) for v in values.ravel().tolist()]  # extended Euclid
         return np.asarray(flat, dtype=np.uint64).reshape(values.shape)
     return _pow_mod(values, FIELD_PRIME - 2)
 
