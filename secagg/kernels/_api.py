@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.errors import ConfigError, MalformedMessage
-from secagg.kernels.reference import packed_size
+from secagg.kernels.reference import check_bits, checked_packed_buffer, packed_size
 
 __all__ = [
     "accumulate",
@@ -53,11 +53,6 @@ def _word_mask(word_mask: int) -> int:
     if mask < 1 or mask > 0xFFFFFFFF or mask & (mask + 1):
         raise ConfigError("word_mask must be 2^b - 1 for some b in [1, 32]")
     return mask
-
-
-def _check_bits(bits: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
-        raise ConfigError(f"bits must be an int in [1, 32], got {bits!r}")
 
 
 def stochastic_round(
@@ -125,7 +120,7 @@ def pack_bits(values: _U32, bits: int) -> npt.NDArray[np.uint8]:
     Raises:
         ConfigError: ``bits`` not in [1, 32]; ``values`` not a 1-D uint32 array; a value >= 2^b.
     """
-    _check_bits(bits)
+    check_bits(bits)
     _vector("values", values, np.uint32)
     if bits in (8, 16, 32):
         if bits < 32 and values.size and int(values.max()) >> bits:
@@ -146,14 +141,7 @@ def unpack_bits(buf: npt.NDArray[np.uint8] | bytes, bits: int, length: int) -> _
         MalformedMessage: the buffer is not exactly ``packed_size(length, bits)`` bytes, or its
             padding bits are not zero (every vector has exactly one encoding).
     """
-    _check_bits(bits)
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ConfigError(f"length must be an int >= 0, got {length!r}")
-    raw = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes) else np.asarray(buf)
-    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size != packed_size(length, bits):
-        raise MalformedMessage(
-            f"a packed vector of {length} {bits}-bit values is {packed_size(length, bits)} bytes"
-        )
+    raw = checked_packed_buffer(buf, bits, length)
     if bits in (8, 16, 32):
         return np.ascontiguousarray(raw).view(f"<u{bits // 8}").astype(np.uint32)
     out = np.empty(length, dtype=np.uint32)

@@ -111,9 +111,25 @@ def packed_size(length: int, bits: int) -> int:
     return (length * bits + 7) // 8
 
 
-def _check_bits(bits: int) -> None:
+def check_bits(bits: int) -> None:
+    """Raise ConfigError unless ``bits`` is an int in [1, 32] (shared by both kernel flavours)."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 32:
         raise ConfigError(f"bits must be an int in [1, 32], got {bits!r}")
+
+
+def checked_packed_buffer(
+    buf: npt.NDArray[np.uint8] | bytes, bits: int, length: int
+) -> npt.NDArray[np.uint8]:
+    """The packed bytes of ``length`` b-bit values as a uint8 array, after every size check."""
+    check_bits(bits)
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ConfigError(f"length must be an int >= 0, got {length!r}")
+    raw = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes) else np.asarray(buf)
+    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size != packed_size(length, bits):
+        raise MalformedMessage(
+            f"a packed vector of {length} {bits}-bit values is {packed_size(length, bits)} bytes"
+        )
+    return raw
 
 
 def pack_bits(values: _U32, bits: int) -> npt.NDArray[np.uint8]:
@@ -123,7 +139,7 @@ def pack_bits(values: _U32, bits: int) -> npt.NDArray[np.uint8]:
     Raises:
         ConfigError: ``bits`` not in [1, 32]; a value >= 2^bits.
     """
-    _check_bits(bits)
+    check_bits(bits)
     v = np.asarray(values, dtype=np.uint32).ravel()
     if v.size and int(v.max()) >> bits:
         raise ConfigError(f"a value does not fit in {bits} bits")
@@ -140,14 +156,7 @@ def unpack_bits(buf: npt.NDArray[np.uint8] | bytes, bits: int, length: int) -> _
         MalformedMessage: the buffer is not exactly ``packed_size(length, bits)`` bytes, or its
             padding bits are not zero (every vector has exactly one encoding).
     """
-    _check_bits(bits)
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ConfigError(f"length must be an int >= 0, got {length!r}")
-    raw = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes) else np.asarray(buf)
-    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size != packed_size(length, bits):
-        raise MalformedMessage(
-            f"a packed vector of {length} {bits}-bit values is {packed_size(length, bits)} bytes"
-        )
+    raw = checked_packed_buffer(buf, bits, length)
     stream = np.unpackbits(raw, bitorder="little")
     if stream[length * bits :].any():
         raise MalformedMessage("the padding bits of a packed vector are not zero")
