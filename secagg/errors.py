@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BudgetExceeded",
+    "CheatingDetected",
     "ConfigError",
     "CryptoError",
     "DecryptionError",
@@ -17,7 +18,9 @@ __all__ = [
     "LocalProtocolError",
     "MalformedMessage",
     "MaliciousServerError",
+    "OutcomeMismatch",
     "OverflowRiskError",
+    "PolicyViolation",
     "ProtocolError",
     "RemoteProtocolError",
     "ReplayedMessage",
@@ -94,6 +97,44 @@ class MaliciousServerError(RemoteProtocolError):
     Examples: both secrets of one peer, an unmask request contradicting the signed survivor set,
     too few valid consistency signatures.
     """
+
+
+class CheatingDetected(RemoteProtocolError):
+    """A party sent something provably false (signed evidence); ``party`` names it.
+
+    Examples: a revealed share that does not match its dealer's signed commitment, a complaint
+    about a share entry that decrypts fine, shares that do not reconstruct the committed secret.
+    """
+
+    def __init__(self, party: int, reason: str) -> None:
+        super().__init__(f"party {party} cheated: {reason}")
+        self.party = party
+        self.reason = reason
+
+
+class PolicyViolation(RemoteProtocolError):
+    """The aggregator offered a round this site's policy does not accept; nothing was revealed.
+
+    ``parameter`` names what is wrong (``threshold``, ``roster``, ``round_id``, ...), ``offered``
+    and ``required`` say by how much, ``policy_line`` names the setting that would accept it.
+    """
+
+    def __init__(
+        self, parameter: str, offered: object, required: object, reason: str, policy_line: str
+    ) -> None:
+        super().__init__(
+            f"refused: {parameter} {offered} is not acceptable ({reason}; required: {required}); "
+            f"to accept it, change {policy_line}"
+        )
+        self.parameter = parameter
+        self.offered = offered
+        self.required = required
+        self.reason = reason
+        self.policy_line = policy_line
+
+
+class OutcomeMismatch(MaliciousServerError):
+    """The outcome the aggregator announced contradicts what this site signed (an alarm)."""
 
 
 class RoundAborted(ProtocolError):

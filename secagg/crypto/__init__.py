@@ -6,7 +6,8 @@
 * :mod:`~secagg.crypto.kdf`: HKDF-SHA256 with an inventory of purposes;
 * :mod:`~secagg.crypto.aead`: XChaCha20-Poly1305 with random nonces;
 * :mod:`~secagg.crypto.prg`: AES-256-CTR mask expansion (the hot path);
-* :mod:`~secagg.crypto.shamir`: vectorised t-of-n Shamir sharing of 32-byte secrets.
+* :mod:`~secagg.crypto.shamir`: vectorised t-of-n Shamir sharing of 32-byte secrets;
+* :mod:`~secagg.crypto.rng`: the injectable randomness source (the OS CSPRNG by default).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from secagg.crypto.kdf import (
     PURPOSE_PAIRWISE_MASK,
     PURPOSE_ROUNDING,
     PURPOSE_SHARE_AEAD,
+    PURPOSE_SHARE_INBOX,
     PURPOSES,
     derive_key,
 )
-from secagg.crypto.kx import KeyAgreementKey, exchange
+from secagg.crypto.kx import KeyAgreementKey, check_public_key, exchange
 from secagg.crypto.prg import SEED_BYTES, expand_mask, fill_mask, random_seed, uniform_floats
+from secagg.crypto.rng import SYSTEM_RANDOM, DeterministicRandom, RandomSource
 from secagg.crypto.shamir import (
     FIELD_PRIME,
     SHARE_BYTES,
@@ -43,11 +46,16 @@ __all__ = [
     "PURPOSE_PAIRWISE_MASK",
     "PURPOSE_ROUNDING",
     "PURPOSE_SHARE_AEAD",
+    "PURPOSE_SHARE_INBOX",
     "SEED_BYTES",
     "SHARE_BYTES",
+    "SYSTEM_RANDOM",
+    "DeterministicRandom",
     "IdentityKey",
     "IdentityPublicKey",
     "KeyAgreementKey",
+    "RandomSource",
+    "check_public_key",
     "derive_key",
     "exchange",
     "expand_mask",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 
+from secagg.crypto.rng import RandomSource, resolve
 from secagg.errors import ConfigError, DecryptionError
 
 __all__ = ["KEY_BYTES", "NONCE_BYTES", "OVERHEAD_BYTES", "TAG_BYTES", "open_sealed", "seal"]
@@ -31,11 +31,14 @@ def _check_key(key: bytes) -> None:
         raise ConfigError(f"AEAD key must be exactly {KEY_BYTES} bytes")
 
 
-def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+def seal(
+    key: bytes, plaintext: bytes, associated_data: bytes, *, rng: RandomSource | None = None
+) -> bytes:
     """Encrypt and authenticate: ``nonce (24 bytes) || ciphertext || tag (16 bytes)``.
 
     ``associated_data`` is authenticated but not encrypted; bind it to the round, session, sender
-    and recipient (e.g. with ``lp_encode``) so a box cannot be replayed elsewhere.
+    and recipient (e.g. with ``lp_encode``) so a box cannot be replayed elsewhere. The nonce comes
+    from ``rng`` (the OS CSPRNG by default).
 
     Raises:
         ConfigError: key not 32 bytes, or plaintext / associated_data not bytes.
@@ -43,7 +46,7 @@ def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
     _check_key(key)
     if not isinstance(plaintext, bytes) or not isinstance(associated_data, bytes):
         raise ConfigError("plaintext and associated_data must be bytes")
-    nonce = nacl.utils.random(NONCE_BYTES)
+    nonce = resolve(rng).random_bytes(NONCE_BYTES)
     ciphertext = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
         plaintext, associated_data, nonce, key
     )

@@ -25,17 +25,26 @@ __all__ = [
     "PURPOSE_PAIRWISE_MASK",
     "PURPOSE_ROUNDING",
     "PURPOSE_SHARE_AEAD",
+    "PURPOSE_SHARE_INBOX",
     "derive_key",
 ]
 
 PURPOSE_PAIRWISE_MASK = "pairwise-mask"
 PURPOSE_SHARE_AEAD = "share-aead"
+PURPOSE_SHARE_INBOX = "share-inbox"
 PURPOSE_GRAPH = "neighbour-graph"
 PURPOSE_ROUNDING = "stochastic-rounding"
 PURPOSE_NOISE = "dp-noise"
 
 PURPOSES: frozenset[str] = frozenset(
-    {PURPOSE_PAIRWISE_MASK, PURPOSE_SHARE_AEAD, PURPOSE_GRAPH, PURPOSE_ROUNDING, PURPOSE_NOISE}
+    {
+        PURPOSE_PAIRWISE_MASK,
+        PURPOSE_SHARE_AEAD,
+        PURPOSE_SHARE_INBOX,
+        PURPOSE_GRAPH,
+        PURPOSE_ROUNDING,
+        PURPOSE_NOISE,
+    }
 )
 
 _MIN_SECRET_BYTES = 16

@@ -10,15 +10,44 @@ import hmac
 
 import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 
 from secagg.crypto._secret import NoExportMixin
+from secagg.crypto.rng import RandomSource, resolve
 from secagg.errors import ConfigError, CryptoError
 
-__all__ = ["KEY_BYTES", "KeyAgreementKey", "exchange"]
+__all__ = ["KEY_BYTES", "KeyAgreementKey", "check_public_key", "exchange"]
 
 KEY_BYTES = 32
 _ZERO = bytes(KEY_BYTES)
+_P = 2**255 - 19
+# The encodings of the points of order 1, 2, 4 and 8 on Curve25519, top bit cleared: libsodium's
+# own blocklist (crypto_scalarmult/curve25519/ref10/x25519_ref10.c, ``has_small_order``). With a
+# clamped scalar they, and only they, make X25519 output all zeros, i.e. a secret everybody knows.
+_LOW_ORDER = frozenset(
+    u.to_bytes(KEY_BYTES, "little")
+    for u in (
+        0,
+        1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        _P - 1,
+        _P,
+        _P + 1,
+    )
+)
+
+
+def check_public_key(public: bytes) -> None:
+    """Refuse anything but a 32-byte X25519 public key that is not a low-order point.
+
+    A byte-level check (no scalar multiplication), so a server can run it on every advertised key
+    of a large round. Raises:
+        CryptoError: not 32 bytes, or a low-order point (with or without the ignored top bit).
+    """
+    if not isinstance(public, bytes) or len(public) != KEY_BYTES:
+        raise CryptoError("an X25519 public key is exactly 32 bytes")
+    if public[:31] + bytes([public[31] & 0x7F]) in _LOW_ORDER:
+        raise CryptoError("the X25519 public key is a low-order point")
 
 
 def _check_private(private_bytes: bytes) -> None:
@@ -61,9 +90,9 @@ class KeyAgreementKey(NoExportMixin):
         self._public = bytes(nacl.bindings.crypto_scalarmult_base(private_bytes))
 
     @classmethod
-    def generate(cls) -> KeyAgreementKey:
-        """A fresh key from the operating system's CSPRNG."""
-        return cls(nacl.utils.random(KEY_BYTES))
+    def generate(cls, rng: RandomSource | None = None) -> KeyAgreementKey:
+        """A fresh key from ``rng`` (the operating system's CSPRNG by default)."""
+        return cls(resolve(rng).random_bytes(KEY_BYTES))
 
     @classmethod
     def from_private_bytes(cls, private_bytes: bytes) -> KeyAgreementKey:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import mmap
 import operator
-import os
 import sys
 from typing import Any
 
@@ -41,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from secagg.crypto.rng import RandomSource, resolve
 from secagg.errors import ConfigError
 
 __all__ = [
@@ -78,9 +78,9 @@ _UNIFORM_PERSON = b"secagg-uniform"
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
-def random_seed() -> bytes:
-    """A fresh 32-byte seed from the operating system's CSPRNG."""
-    return os.urandom(SEED_BYTES)
+def random_seed(rng: RandomSource | None = None) -> bytes:
+    """A fresh 32-byte seed from ``rng`` (the operating system's CSPRNG by default)."""
+    return resolve(rng).random_bytes(SEED_BYTES)
 
 
 def _check_seed(seed: bytes) -> None:

@@ -8,7 +8,8 @@ uint32 (``SHARE_BYTES = 36``).
 
 Arithmetic is on uint64 arrays: operands are < p < 2**31, so a product is < 2**62 and every product
 is reduced mod p before the next addition. Random coefficients are uniform in [0, p): 31-bit words
-from ``os.urandom``, rejecting the single value p (probability 2**-31 per draw).
+from the injected randomness source (the OS CSPRNG by default), rejecting the single value p
+(probability 2**-31 per draw).
 
 Reconstruction uses the ``threshold`` shares with the smallest ids. All secrets of one call are
 reconstructed together: the Lagrange weights at 0 of every distinct id tuple are computed in one
@@ -34,12 +35,12 @@ repeated several times; the machine is noisy):
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
+from secagg.crypto.rng import RandomSource, resolve
 from secagg.errors import ConfigError, ShamirError
 
 __all__ = [
@@ -74,13 +75,13 @@ _LIMB_WEIGHTS = np.uint64(1) << np.arange(LIMB_BITS, dtype=np.uint64)
 # --------------------------------------------------------------------------------------------
 
 
-def _random_field_elements(count: int) -> _U64:
-    """``count`` independent uniform elements of [0, p) from os.urandom (rejection sampling)."""
+def _random_field_elements(count: int, rng: RandomSource) -> _U64:
+    """``count`` independent uniform elements of [0, p) from ``rng`` (rejection sampling)."""
     out = np.empty(count, dtype=np.uint64)
     filled = 0
     while filled < count:
         need = count - filled
-        draw = np.frombuffer(os.urandom(4 * (need + 8)), dtype="<u4").astype(np.uint64)
+        draw = np.frombuffer(rng.random_bytes(4 * (need + 8)), dtype="<u4").astype(np.uint64)
         draw &= np.uint64(0x7FFFFFFF)
         draw = draw[draw != _P]
         take = min(need, draw.size)
@@ -258,11 +259,16 @@ def _check_split_args(threshold: int, xs: Sequence[int]) -> list[int]:
 
 
 def split_many(
-    secrets: Sequence[bytes], *, threshold: int, xs: Sequence[int]
+    secrets: Sequence[bytes],
+    *,
+    threshold: int,
+    xs: Sequence[int],
+    rng: RandomSource | None = None,
 ) -> list[dict[int, bytes]]:
     """Share each 32-byte secret t-of-n at the points ``xs``; one ``{x: share}`` dict per secret.
 
-    Any ``threshold`` shares of a secret reconstruct it; fewer reveal nothing about it.
+    Any ``threshold`` shares of a secret reconstruct it; fewer reveal nothing about it. The
+    polynomial coefficients come from ``rng`` (the OS CSPRNG by default).
 
     Raises:
         ConfigError: a secret is not 32 bytes; ids not distinct ints in [1, p-1];
@@ -274,7 +280,8 @@ def split_many(
     if m == 0:
         return []
     # coeffs[k] has shape (m, 9, 1): coefficient of x**k for every secret and limb.
-    coeffs = _random_field_elements((threshold - 1) * m * LIMBS).reshape(threshold - 1, m, LIMBS)
+    coeffs = _random_field_elements((threshold - 1) * m * LIMBS, resolve(rng))
+    coeffs = coeffs.reshape(threshold - 1, m, LIMBS)
     x = np.asarray(points, dtype=np.uint64)
     acc = np.zeros((m, LIMBS, n), dtype=np.uint64)
     for k in range(threshold - 2, -1, -1):  # Horner: acc = acc * x + c_k
@@ -298,9 +305,11 @@ def split_many(
     return result
 
 
-def split(secret: bytes, *, threshold: int, xs: Sequence[int]) -> dict[int, bytes]:
+def split(
+    secret: bytes, *, threshold: int, xs: Sequence[int], rng: RandomSource | None = None
+) -> dict[int, bytes]:
     """Share one 32-byte secret t-of-n at the points ``xs`` (see :func:`split_many`)."""
-    return split_many([secret], threshold=threshold, xs=xs)[0]
+    return split_many([secret], threshold=threshold, xs=xs, rng=rng)[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,8 +11,21 @@ from secagg.crypto import IdentityPublicKey, transcript_digest
 from secagg.encoding import MAX_BITS
 from secagg.errors import ConfigError
 from secagg.protocol.graph import NeighbourGraph
+from secagg.protocol.partyset import RosterIndex
 
-__all__ = ["RoundConfig"]
+__all__ = ["RoundConfig", "roster_fingerprint"]
+
+
+def roster_fingerprint(roster: Mapping[int, IdentityPublicKey]) -> bytes:
+    """A hash of the length-prefixed (party, identity key) pairs in party order.
+
+    Independent of any round: it is what a site pins out of band, and it alone seeds the SecAgg+
+    neighbour graph, so the aggregator cannot pick among graphs with its per-round choices.
+    """
+    parts: list[bytes | int] = []
+    for party in sorted(roster):
+        parts += [party, roster[party].to_bytes()]
+    return transcript_digest("roster-fingerprint", len(roster), *parts)
 
 
 @dataclass(frozen=True)
@@ -55,8 +68,8 @@ class RoundConfig:
                 f"threshold must be in [2, {neighbourhood}] (the size of a neighbourhood including "
                 f"the party itself), got {self.threshold}"
             )
-        # Below n/2 + 1 (full graph), two disjoint survivor sets could each be signed by t parties.
-        # That is allowed for an honest-but-curious server; params.full_graph_threshold picks t.
+        # Any t in range is a valid *offer*: whether it is safe is for each site to decide from
+        # its own assumptions (secagg.protocol.policy.SitePolicy), not for the aggregator.
         if self.degree is not None and not self.degree >= 2:
             raise ConfigError(f"degree must be >= 2, got {self.degree}")
         _ = self.graph  # validate the graph parameters now, not mid-round
@@ -68,6 +81,11 @@ class RoundConfig:
     @property
     def modulus_mask(self) -> int:
         return (1 << self.bits) - 1
+
+    @cached_property
+    def roster_fingerprint(self) -> bytes:
+        """:func:`roster_fingerprint` of this round's roster."""
+        return roster_fingerprint(self.roster)
 
     @cached_property
     def roster_digest(self) -> bytes:
@@ -95,9 +113,15 @@ class RoundConfig:
         n = len(self.roster)
         if self.degree is None or self.degree >= n - 1:
             return NeighbourGraph.full(self.parties)
-        # Public randomness: anyone can recompute the graph from the config.
-        seed = transcript_digest("neighbour-graph-seed", self.round_id, self.roster_digest)
+        # Fixed by the roster alone: the round id, context and forwarded advertisements (all the
+        # aggregator's choices) cannot change it, so there is nothing to grind (SECURITY.md).
+        seed = transcript_digest("neighbour-graph-seed", self.roster_fingerprint)
         return NeighbourGraph.harary(self.parties, self.degree, seed)
+
+    @cached_property
+    def roster_index(self) -> RosterIndex:
+        """Bit positions of the roster parties, for party-set bitmaps."""
+        return RosterIndex(self.parties)
 
     def holders(self, party: int) -> frozenset[int]:
         """The parties that hold shares of ``party``'s secrets: its neighbours and itself."""

@@ -375,3 +375,63 @@ def choose_parameters(
         n, dropout_rate=dropout_rate, corrupt_fraction=corrupt_fraction, adversary=adversary
     )
     return GraphParameters(degree=n - 1, threshold=threshold)
+
+
+# -- what a site requires of a round it is offered ----------------------------------------------
+
+
+def full_graph_minimum_threshold(
+    n: int, *, corrupt_fraction: float, adversary: AdversaryClass
+) -> int:
+    """The smallest safe full-graph threshold for n parties: the adversary rule of
+    :func:`full_graph_threshold`, solved for t (at least 2).
+
+    * semi-malicious server: ``t > ceil((n + corrupt_fraction * n) / 2)`` (Bonawitz et al. 2017:
+      two inconsistent survivor views cannot both gather t signatures);
+    * honest-but-curious server: ``t > ceil(corrupt_fraction * n)``;
+    * no adversary: ``t >= 2``.
+    """
+    if adversary is AdversaryClass.SEMI_MALICIOUS_SERVER:
+        bound = math.ceil((n + corrupt_fraction * n) / 2)
+    elif adversary is AdversaryClass.CURIOUS_SERVER:
+        bound = math.ceil(corrupt_fraction * n)
+    else:
+        bound = 1
+    return max(bound + 1, 2)
+
+
+def sparse_minimum_threshold(
+    n: int,
+    degree: int,
+    *,
+    dropout_rate: float,
+    corrupt_fraction: float,
+    adversary: AdversaryClass,
+    security_bits: int = 40,
+) -> int:
+    """The smallest threshold that keeps a SecAgg+ round of degree ``degree`` secure.
+
+    The security half of Google's ``CheckNumberOfNeighbors`` (see the module docstring), for a
+    degree the site did not choose: the graph must stay connected once the corrupt and dropped
+    parties are removed, and t must exceed the 2^-(s+1)/n quantile of corrupt neighbours (against
+    a semi-malicious server, 2t - k must). Correctness (enough survivors) is the aggregator's
+    concern, not a privacy one, so it is not checked here.
+
+    Raises:
+        ConfigError: the degree itself is unsafe (the graph may disconnect), with the reason.
+    """
+    _validate(n, dropout_rate, corrupt_fraction, adversary)
+    per_event_bits = security_bits + 1
+    if log_prob_disconnected(
+        n, degree, dropout_rate=dropout_rate, corrupt_fraction=corrupt_fraction
+    ) >= -per_event_bits * math.log(2):
+        raise ConfigError(
+            f"degree {degree} is too small for n = {n}: removing "
+            f"{_max_corrupt(n, corrupt_fraction)} corrupt and {_max_dropped(n, dropout_rate)} "
+            f"dropped parties may disconnect the graph with probability above 2^-{per_event_bits}"
+        )
+    q_security = 2.0**-per_event_bits / n
+    t1 = _find_quantile(q_security, n, _max_corrupt(n, corrupt_fraction), degree, complement=True)
+    if adversary is AdversaryClass.SEMI_MALICIOUS_SERVER:
+        t1 = math.ceil((t1 + degree - 1.25) / 2)
+    return max(t1 + 1, 2)

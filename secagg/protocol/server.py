@@ -2,17 +2,28 @@
 
 The transport feeds client messages to :meth:`ServerSession.receive` and, when a stage's deadline
 passes (or every expected party has answered), calls :meth:`ServerSession.close_stage`, which
-returns the messages to deliver for the next stage. Parties that did not answer in time are the
-stage's dropouts. A bad client message raises a typed error and changes nothing, so one faulty or
-malicious client cannot spoil the round for the others. Too few parties at any stage abort the
-round with :class:`~secagg.errors.RoundAborted` naming the stage.
+returns the messages to deliver for the next stage, one per recipient. Parties that did not answer
+in time are the stage's dropouts. Too few parties at any stage abort the round with
+:class:`~secagg.errors.RoundAborted` naming the stage.
+
+What each stage accepts and how it ends is one row of :data:`_STAGES`, so no transition lives
+outside the table. A bad client message raises a typed error and changes nothing but, when it is
+provably a lie (:class:`~secagg.errors.CheatingDetected`), the record of who cheated: one faulty or
+malicious client cannot spoil the round for the others. Any other failure (a bug, a local fault)
+aborts the round for good, as h11 does.
+
+Cheaters are found from signed evidence only: a revealed share is checked against its dealer's
+signed commitment (the holder lied), a reconstructed seed against its owner's signed commitment
+and a reconstructed mask key against its owner's public key (the dealer lied), a complaint about a
+share entry by opening the entry with the key the complaint reveals (the dealer lied, or the
+complainer). No site can frame another.
 
 Masked inputs are added into one accumulator on arrival; the server never holds n vectors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -21,42 +32,46 @@ import numpy.typing as npt
 
 from secagg.crypto import KeyAgreementKey, exchange, reconstruct_many
 from secagg.errors import (
+    CheatingDetected,
+    CryptoError,
     LocalProtocolError,
     MalformedMessage,
+    RemoteProtocolError,
     ReplayedMessage,
     RoundAborted,
     ShamirError,
     UnexpectedMessage,
     UnknownParty,
 )
+from secagg.protocol.client import open_share_entry
 from secagg.protocol.config import RoundConfig
 from secagg.protocol.masking import apply_masks, pairwise_seed, pairwise_sign
 from secagg.protocol.messages import (
     ACTIVE_STAGES,
     AdvertiseKeys,
     ClientMessage,
+    Complaint,
     ConsistencySignature,
     KeyRoster,
     MaskedInput,
     ServerMessage,
     ShareBundle,
+    ShareEntry,
     ShareKeys,
     Stage,
     SurvivorsRequest,
     UnmaskRequest,
     UnmaskShares,
     compute_session_id,
+    seed_commitment,
+    share_commitment,
+    survivors_digest,
 )
 
 __all__ = ["AggregateResult", "RoundTranscript", "ServerSession"]
 
-_MESSAGE_OF_STAGE: dict[Stage, type] = {
-    Stage.ADVERTISE_KEYS: AdvertiseKeys,
-    Stage.SHARE_KEYS: ShareKeys,
-    Stage.MASKED_INPUT: MaskedInput,
-    Stage.CONSISTENCY_CHECK: ConsistencySignature,
-    Stage.UNMASK: UnmaskShares,
-}
+_CLIENT_FAULTS = (RemoteProtocolError, CryptoError)
+"""Errors that blame the sending client: they reject its message and leave the round as it was."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +84,8 @@ class AggregateResult:
     survivors: tuple[int, ...]
     participants: Mapping[Stage, tuple[int, ...]] = field(repr=False)
     dropouts: Mapping[Stage, tuple[int, ...]] = field(repr=False)
+    cheaters: Mapping[int, str] = field(default_factory=dict, repr=False)
+    """Parties proven to have cheated, with the evidence in words (their inputs may be summed)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,7 +105,19 @@ class RoundTranscript:
     participants: Mapping[Stage, tuple[int, ...]]
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
+    survivors_digest: bytes
     consistency_signatures: tuple[tuple[int, bytes], ...]
+    cheaters: Mapping[int, str]
+
+
+@dataclass(frozen=True)
+class _StageRule:
+    """One row of the server's transition table."""
+
+    message: type
+    check: Callable[[ServerSession, ClientMessage], None]
+    accept: Callable[[ServerSession, ClientMessage], None]
+    close: Callable[[ServerSession], dict[int, ServerMessage]]
 
 
 class ServerSession:
@@ -103,13 +132,18 @@ class ServerSession:
         # Who completed each stage (U1..U5), filled as messages arrive.
         self._senders: dict[Stage, set[int]] = {s: set() for s in ACTIVE_STAGES}
         self._advertisements: dict[int, AdvertiseKeys] = {}
-        self._share_messages: dict[int, ShareKeys] = {}
+        self._advertised = b""
+        # dealer -> holder -> the dealer's signed entry (commitments judge revealed shares).
+        self._entries: dict[int, dict[int, ShareEntry]] = {}
         self._consistency: dict[int, bytes] = {}
         self._survivors: tuple[int, ...] = ()
         self._survivor_set: frozenset[int] = frozenset()
+        self._survivor_bitmap = b""
+        self._survivors_digest = b""
         self._dropped: tuple[int, ...] = ()
         self._seed_shares: dict[int, dict[int, bytes]] = {}  # owner -> holder -> share
         self._key_shares: dict[int, dict[int, bytes]] = {}
+        self._cheaters: dict[int, str] = {}
         self._accumulator: npt.NDArray[np.uint32] | None = None
         self._result: AggregateResult | None = None
 
@@ -132,6 +166,11 @@ class ServerSession:
         return self._abort_stage
 
     @property
+    def cheaters(self) -> Mapping[int, str]:
+        """Parties proven to have cheated so far, with the reason."""
+        return MappingProxyType(self._cheaters)
+
+    @property
     def result(self) -> AggregateResult:
         if self._result is None:
             raise LocalProtocolError(f"the round has no result (stage {self._stage.value})")
@@ -151,7 +190,9 @@ class ServerSession:
             ),
             survivors=self._survivors,
             dropped=self._dropped,
+            survivors_digest=self._survivors_digest,
             consistency_signatures=tuple(sorted(self._consistency.items())),
+            cheaters=MappingProxyType(dict(self._cheaters)),
         )
 
     def participants(self, stage: Stage) -> frozenset[int]:
@@ -165,15 +206,16 @@ class ServerSession:
         return frozenset(self._eligible(self._stage)) - self._senders[self._stage]
 
     def receive(self, message: ClientMessage) -> None:
-        """Accept one client message, or raise a typed error and change nothing."""
+        """Accept one client message, or raise a typed error and change nothing (but the record
+        of a proven cheater)."""
         stage = self._stage
         if stage.is_terminal:
             raise UnexpectedMessage(f"the round is {stage.value}; no more messages are accepted")
-        expected_type = _MESSAGE_OF_STAGE[stage]
-        if not isinstance(message, expected_type):
+        rule = _STAGES[stage]
+        if not isinstance(message, rule.message):
             raise UnexpectedMessage(
                 f"{type(message).__name__} does not fit stage {stage.value} "
-                f"(expected {expected_type.__name__})"
+                f"(expected {rule.message.__name__})"
             )
         cfg = self.config
         if message.round_id != cfg.round_id:
@@ -191,9 +233,15 @@ class ServerSession:
             )
         if sender in self._senders[stage]:
             raise ReplayedMessage(f"party {sender} already sent its {stage.value} message")
-        self._validate_content(message)
-        message.verify(cfg.roster[sender], cfg.digest)
-        self._accept(message)
+        try:
+            rule.check(self, message)
+            message.verify(cfg.roster[sender], cfg.digest)
+            rule.accept(self, message)
+        except _CLIENT_FAULTS:
+            raise
+        except Exception as exc:
+            self._abort(stage.value, f"internal error while accepting a message: {exc!r}")
+            raise
         self._senders[stage].add(sender)
 
     def close_stage(self) -> dict[int, ServerMessage]:
@@ -213,9 +261,12 @@ class ServerSession:
                     f"only {len(done)} parties completed {stage.value}, "
                     f"threshold is {cfg.threshold}",
                 )
-            outgoing = self._close(stage)
+            outgoing = _STAGES[stage].close(self)
         except RoundAborted as exc:
             self._abort(exc.stage, exc.reason)
+            raise
+        except Exception as exc:
+            self._abort(stage.value, f"internal error while closing the stage: {exc!r}")
             raise
         next_index = ACTIVE_STAGES.index(stage) + 1
         self._stage = (
@@ -228,111 +279,217 @@ class ServerSession:
         if not self._stage.is_terminal:
             self._abort(self._stage.value, reason)
 
-    # --- per-stage logic ------------------------------------------------------------------
+    # --- stage 0: advertise keys ----------------------------------------------------------
 
     def _eligible(self, stage: Stage) -> set[int] | Mapping[int, object]:
         if stage is Stage.ADVERTISE_KEYS:
             return self.config.roster
         previous = ACTIVE_STAGES[ACTIVE_STAGES.index(stage) - 1]
-        if stage is Stage.UNMASK:
-            return self._senders[Stage.CONSISTENCY_CHECK]
         return self._senders[previous]
 
-    def _validate_content(self, message: ClientMessage) -> None:
-        cfg = self.config
-        if isinstance(message, AdvertiseKeys):
-            taken = {
-                k
-                for ad in self._advertisements.values()
-                for k in (ad.cipher_public_key, ad.mask_public_key)
-            }
-            if {message.cipher_public_key, message.mask_public_key} & taken or (
-                message.cipher_public_key == message.mask_public_key
-            ):
-                raise MalformedMessage(f"party {message.sender} reuses a public key")
-        elif isinstance(message, ShareKeys):
-            wanted = (cfg.holders(message.sender) & self._senders[Stage.ADVERTISE_KEYS]) - {
-                message.sender
-            }
-            got = {receiver for receiver, _ in message.encrypted_shares}
-            if got != wanted:
-                raise MalformedMessage(
-                    f"party {message.sender} must send shares to exactly {sorted(wanted)}"
-                )
-        elif isinstance(message, MaskedInput):
-            v = message.masked_vector
-            if v.shape != (cfg.vector_length,):
-                raise MalformedMessage(
-                    f"masked input has length {v.shape[0]}, the round's vectors have "
-                    f"{cfg.vector_length}"
-                )
-            if cfg.bits < 32 and int(v.max(initial=0)) > cfg.modulus_mask:
-                raise MalformedMessage(f"masked input has values outside Z_(2^{cfg.bits})")
-        elif isinstance(message, ConsistencySignature):
-            if message.survivors != self._survivors:
-                raise MalformedMessage("the signed survivor set is not the one the server sent")
-        elif isinstance(message, UnmaskShares):
-            survivors, dropped = self._survivor_set, set(self._dropped)
-            for owners, allowed, what in (
-                (message.self_mask_shares, survivors, "self-mask"),
-                (message.mask_key_shares, dropped, "mask-key"),
-            ):
-                for owner, _ in owners:
-                    if owner not in allowed or message.sender not in cfg.holders(owner):
-                        raise MalformedMessage(
-                            f"party {message.sender} cannot hold a {what} share of party {owner}"
-                        )
-
-    def _accept(self, message: ClientMessage) -> None:
-        if isinstance(message, AdvertiseKeys):
-            self._advertisements[message.sender] = message
-        elif isinstance(message, ShareKeys):
-            self._share_messages[message.sender] = message
-        elif isinstance(message, MaskedInput):
-            if self._accumulator is None:
-                self._accumulator = np.zeros(self.config.vector_length, dtype=np.uint32)
-            np.add(self._accumulator, message.masked_vector, out=self._accumulator)
-        elif isinstance(message, ConsistencySignature):
-            self._consistency[message.sender] = message.signature
-        elif isinstance(message, UnmaskShares):
-            for owner, share in message.self_mask_shares:
-                self._seed_shares.setdefault(owner, {})[message.sender] = share
-            for owner, share in message.mask_key_shares:
-                self._key_shares.setdefault(owner, {})[message.sender] = share
-
-    def _close(self, stage: Stage) -> dict[int, ServerMessage]:
-        cfg = self.config
-        if stage is Stage.ADVERTISE_KEYS:
-            ads = tuple(self._advertisements[p] for p in sorted(self._advertisements))
-            self._session_id = compute_session_id(cfg.digest, ads)
-            roster = KeyRoster(cfg.round_id, ads)
-            return {p: roster for p in self._advertisements}
-        if stage is Stage.SHARE_KEYS:
-            u2 = self._senders[Stage.SHARE_KEYS]
-            inbox: dict[int, list[tuple[int, bytes]]] = {v: [] for v in u2}
-            for u in sorted(u2):
-                for receiver, box in self._share_messages[u].encrypted_shares:
-                    if receiver in u2:
-                        inbox[receiver].append((u, box))
-            self._share_messages.clear()
-            return {
-                v: ShareBundle(cfg.round_id, self._session_id, tuple(boxes))
-                for v, boxes in inbox.items()
-            }
-        if stage is Stage.MASKED_INPUT:
-            self._survivors = tuple(sorted(self._senders[Stage.MASKED_INPUT]))
-            self._survivor_set = frozenset(self._survivors)
-            self._dropped = tuple(
-                sorted(self._senders[Stage.SHARE_KEYS] - self._senders[Stage.MASKED_INPUT])
+    def _check_advertisement(self, message: AdvertiseKeys) -> None:
+        taken = {
+            k
+            for ad in self._advertisements.values()
+            for k in (ad.cipher_public_key, ad.mask_public_key)
+        }
+        if {message.cipher_public_key, message.mask_public_key} & taken:
+            raise MalformedMessage(f"party {message.sender} reuses a public key")
+        neighbours = self.config.graph.neighbours(message.sender)
+        if {k.dealer for k in message.inbox_keys} != neighbours:
+            raise MalformedMessage(
+                f"party {message.sender} must advertise one inbox key per neighbour"
             )
-            survivors = SurvivorsRequest(cfg.round_id, self._session_id, self._survivors)
-            return {p: survivors for p in self._survivors}
-        if stage is Stage.CONSISTENCY_CHECK:
-            signatures = tuple(sorted(self._consistency.items()))
-            request = UnmaskRequest(
-                cfg.round_id, self._session_id, self._survivors, self._dropped, signatures
+
+    def _accept_advertisement(self, message: AdvertiseKeys) -> None:
+        self._advertisements[message.sender] = message
+
+    def _close_advertise_keys(self) -> dict[int, ServerMessage]:
+        cfg = self.config
+        u1 = self._senders[Stage.ADVERTISE_KEYS]
+        self._advertised = cfg.roster_index.encode(u1)
+        self._session_id = compute_session_id(cfg.digest, self._advertised)
+        ads = self._advertisements
+        return {
+            h: KeyRoster(
+                cfg.round_id,
+                self._advertised,
+                tuple(ads[v] for v in sorted(cfg.graph.neighbours(h) & u1)),
             )
-            return {p: request for p in self._senders[Stage.CONSISTENCY_CHECK]}
+            for h in u1
+        }
+
+    # --- stage 1: share keys --------------------------------------------------------------
+
+    def _check_share_keys(self, message: ShareKeys) -> None:
+        cfg = self.config
+        allowed = (cfg.holders(message.sender) & self._senders[Stage.ADVERTISE_KEYS]) - {
+            message.sender
+        }
+        receivers = {e.receiver for e in message.entries}
+        if not receivers <= allowed:
+            raise MalformedMessage(
+                f"party {message.sender} sent shares to parties that are not its advertising "
+                f"neighbours: {sorted(receivers - allowed)}"
+            )
+        if len(receivers) + 1 < cfg.threshold:
+            raise MalformedMessage(
+                f"party {message.sender} shares with {len(receivers) + 1} holders, fewer than "
+                f"the threshold {cfg.threshold}: its secrets could not be recovered"
+            )
+
+    def _accept_share_keys(self, message: ShareKeys) -> None:
+        self._entries[message.sender] = {e.receiver: e for e in message.entries}
+
+    def _close_share_keys(self) -> dict[int, ServerMessage]:
+        cfg = self.config
+        u2 = self._senders[Stage.SHARE_KEYS]
+        out: dict[int, ServerMessage] = {}
+        for h in u2:
+            senders = tuple(sorted(cfg.graph.neighbours(h) & u2))
+            entries = tuple((d, self._entries[d][h]) for d in senders if h in self._entries[d])
+            out[h] = ShareBundle(cfg.round_id, self._session_id, senders, entries)
+        return out
+
+    # --- stage 2: masked input ------------------------------------------------------------
+
+    def _check_masked_input(self, message: MaskedInput) -> None:
+        cfg = self.config
+        v = message.masked_vector
+        if v.shape != (cfg.vector_length,):
+            raise MalformedMessage(
+                f"masked input has length {v.shape[0]}, the round's vectors have "
+                f"{cfg.vector_length}"
+            )
+        if cfg.bits < 32 and int(v.max(initial=0)) > cfg.modulus_mask:
+            raise MalformedMessage(f"masked input has values outside Z_(2^{cfg.bits})")
+        for complaint in message.complaints:
+            if complaint.dealer not in cfg.graph.neighbours(message.sender) or (
+                complaint.dealer not in self._senders[Stage.SHARE_KEYS]
+            ):
+                raise MalformedMessage(
+                    f"party {message.sender} complains about party {complaint.dealer}, which "
+                    "dealt it nothing"
+                )
+
+    def _accept_masked_input(self, message: MaskedInput) -> None:
+        # Signature verified: the complaints are the sender's signed claims; judge each one.
+        for complaint in message.complaints:
+            self._judge_complaint(message.sender, complaint)
+        if self._accumulator is None:
+            self._accumulator = np.zeros(self.config.vector_length, dtype=np.uint32)
+        np.add(self._accumulator, message.masked_vector, out=self._accumulator)
+
+    def _judge_complaint(self, holder: int, complaint: Complaint) -> None:
+        """Convict the dealer (the entry is bad) or the holder (the complaint is false)."""
+        dealer = complaint.dealer
+        dealt = self._entries.get(dealer, {}).get(holder)
+        advertised = self._advertisements[holder].inbox_key(dealer)
+        lie: str | None = None
+        if dealt is None or dealt != complaint.entry:
+            lie = f"it complained about an entry party {dealer} never sent it"
+        elif advertised is None or (
+            KeyAgreementKey.from_private_bytes(complaint.inbox_private_key).public_bytes
+            != advertised.public_key
+        ):
+            lie = f"the key in its complaint about party {dealer} is not its advertised inbox key"
+        else:
+            try:
+                open_share_entry(
+                    dealt,
+                    inbox_private=complaint.inbox_private_key,
+                    dealer_cipher_public=self._advertisements[dealer].cipher_public_key,
+                    round_id=self.config.round_id,
+                    session_id=self._session_id,
+                    dealer=dealer,
+                )
+            except CryptoError as exc:
+                self._cheaters.setdefault(
+                    dealer,
+                    f"its share entry for party {holder} is bad ({exc}); evidence: "
+                    f"party {holder}'s signed complaint",
+                )
+                return
+            lie = f"it complained about party {dealer}'s entry, which opens and matches"
+        self._cheaters[holder] = lie
+        raise CheatingDetected(holder, lie)
+
+    def _close_masked_input(self) -> dict[int, ServerMessage]:
+        cfg = self.config
+        u3 = self._senders[Stage.MASKED_INPUT]
+        self._survivors = tuple(sorted(u3))
+        self._survivor_set = frozenset(u3)
+        self._survivor_bitmap = cfg.roster_index.encode(u3)
+        self._survivors_digest = survivors_digest(self._session_id, self._survivor_bitmap)
+        self._dropped = tuple(sorted(self._senders[Stage.SHARE_KEYS] - u3))
+        request = SurvivorsRequest(cfg.round_id, self._session_id, self._survivor_bitmap)
+        return {p: request for p in self._survivors}
+
+    # --- stage 3: consistency check -------------------------------------------------------
+
+    def _check_consistency(self, message: ConsistencySignature) -> None:
+        if message.survivors_digest != self._survivors_digest:
+            raise MalformedMessage("the signed survivor set is not the one the server sent")
+
+    def _accept_consistency(self, message: ConsistencySignature) -> None:
+        self._consistency[message.sender] = message.signature
+
+    def _close_consistency(self) -> dict[int, ServerMessage]:
+        cfg = self.config
+        u4 = self._senders[Stage.CONSISTENCY_CHECK]
+        signatures = self._consistency
+        return {
+            h: UnmaskRequest(
+                cfg.round_id,
+                self._session_id,
+                self._survivors_digest,
+                tuple((s, signatures[s]) for s in sorted(cfg.holders(h) & u4)),
+            )
+            for h in u4
+        }
+
+    # --- stage 4: unmask ------------------------------------------------------------------
+
+    def _check_unmask(self, message: UnmaskShares) -> None:
+        cfg = self.config
+        sender = message.sender
+        dropped = set(self._dropped)
+        for owners, allowed, kind in (
+            (message.self_mask_shares, self._survivor_set, "seed"),
+            (message.mask_key_shares, dropped, "key"),
+        ):
+            for owner, share in owners:
+                if owner not in allowed or sender not in cfg.holders(owner):
+                    raise MalformedMessage(
+                        f"party {sender} cannot hold a {kind} share of party {owner}"
+                    )
+                if owner == sender:
+                    continue  # its own share: checked by the reconstruction and commitment
+                entry = self._entries.get(owner, {}).get(sender)
+                committed = (
+                    None
+                    if entry is None
+                    else (entry.seed_commitment if kind == "seed" else entry.key_commitment)
+                )
+                actual = share_commitment(
+                    kind, cfg.round_id, self._session_id, owner, sender, share
+                )
+                if committed != actual:
+                    message.verify(cfg.roster[sender], cfg.digest)  # evidence must be signed
+                    reason = (
+                        f"its {kind} share of party {owner} is not the one party {owner} dealt "
+                        "it (signed commitment)"
+                    )
+                    self._cheaters[sender] = reason
+                    raise CheatingDetected(sender, reason)
+
+    def _accept_unmask(self, message: UnmaskShares) -> None:
+        for owner, share in message.self_mask_shares:
+            self._seed_shares.setdefault(owner, {})[message.sender] = share
+        for owner, share in message.mask_key_shares:
+            self._key_shares.setdefault(owner, {})[message.sender] = share
+
+    def _close_unmask(self) -> dict[int, ServerMessage]:
         self._unmask()
         return {}
 
@@ -342,6 +499,10 @@ class ServerSession:
         # Only dropped parties with a surviving neighbour left masks in the sum.
         dropped = [v for v in self._dropped if cfg.graph.neighbours(v) & alive]
         seeds = self._reconstruct(survivors, self._seed_shares, "self-mask seed")
+        for owner, seed in zip(survivors, seeds, strict=True):
+            committed = self._advertisements[owner].seed_commitment
+            if seed_commitment(cfg.round_id, cfg.digest, owner, seed) != committed:
+                self._blame_dealer(owner, "its seed shares do not rebuild its committed seed")
         keys = self._reconstruct(dropped, self._key_shares, "mask key")
 
         add: list[bytes] = []
@@ -349,10 +510,7 @@ class ServerSession:
         for v, private in zip(dropped, keys, strict=True):
             expected = self._advertisements[v].mask_public_key
             if KeyAgreementKey.from_private_bytes(private).public_bytes != expected:
-                raise RoundAborted(
-                    Stage.UNMASK.value,
-                    f"the shares of party {v}'s mask key are inconsistent with its public key",
-                )
+                self._blame_dealer(v, "its mask-key shares do not rebuild its public key")
             for w in sorted(cfg.graph.neighbours(v) & alive):
                 secret = exchange(private, self._advertisements[w].mask_public_key)
                 seed = pairwise_seed(
@@ -380,13 +538,20 @@ class ServerSession:
             survivors=survivors,
             participants=MappingProxyType(participants),
             dropouts=MappingProxyType(dropouts),
+            cheaters=MappingProxyType(dict(self._cheaters)),
         )
         self._seed_shares.clear()
         self._key_shares.clear()
+        self._entries.clear()
 
     def _reconstruct(
         self, owners: tuple[int, ...] | list[int], shares: dict[int, dict[int, bytes]], what: str
     ) -> list[bytes]:
+        """Every owner's secret from its holders' (commitment-checked) shares.
+
+        With more than t shares the extras must lie on the same polynomial: since every share a
+        holder revealed matched the dealer's own commitment, a mismatch convicts the dealer.
+        """
         threshold = self.config.threshold
         share_sets = []
         for owner in owners:
@@ -399,9 +564,21 @@ class ServerSession:
                 )
             share_sets.append(held)
         try:
-            return reconstruct_many(share_sets, threshold=threshold)
-        except ShamirError as exc:
-            raise RoundAborted(Stage.UNMASK.value, f"invalid {what} shares: {exc}") from exc
+            return reconstruct_many(share_sets, threshold=threshold, verify_extra=True)
+        except ShamirError:
+            for owner, held in zip(owners, share_sets, strict=True):
+                try:
+                    reconstruct_many([held], threshold=threshold, verify_extra=True)
+                except ShamirError as exc:
+                    self._blame_dealer(owner, f"its {what} shares are inconsistent ({exc})")
+            raise  # pragma: no cover - one owner above always fails
+
+    def _blame_dealer(self, owner: int, reason: str) -> None:
+        self._cheaters[owner] = reason
+        raise RoundAborted(
+            Stage.UNMASK.value,
+            f"party {owner} cheated: {reason}; its masks cannot be removed, so no sum is released",
+        )
 
     def _abort(self, stage: str, reason: str) -> None:
         self._stage = Stage.ABORTED
@@ -410,6 +587,52 @@ class ServerSession:
         self._accumulator = None
         self._seed_shares.clear()
         self._key_shares.clear()
+        self._entries.clear()
 
     def __repr__(self) -> str:
         return f"ServerSession(round={self.config.round_id}, stage={self._stage.value})"
+
+
+def _rule(
+    message: type,
+    check: Callable[..., None],
+    accept: Callable[..., None],
+    close: Callable[..., dict[int, ServerMessage]],
+) -> _StageRule:
+    return _StageRule(message, check, accept, close)
+
+
+_STAGES: dict[Stage, _StageRule] = {
+    Stage.ADVERTISE_KEYS: _rule(
+        AdvertiseKeys,
+        ServerSession._check_advertisement,
+        ServerSession._accept_advertisement,
+        ServerSession._close_advertise_keys,
+    ),
+    Stage.SHARE_KEYS: _rule(
+        ShareKeys,
+        ServerSession._check_share_keys,
+        ServerSession._accept_share_keys,
+        ServerSession._close_share_keys,
+    ),
+    Stage.MASKED_INPUT: _rule(
+        MaskedInput,
+        ServerSession._check_masked_input,
+        ServerSession._accept_masked_input,
+        ServerSession._close_masked_input,
+    ),
+    Stage.CONSISTENCY_CHECK: _rule(
+        ConsistencySignature,
+        ServerSession._check_consistency,
+        ServerSession._accept_consistency,
+        ServerSession._close_consistency,
+    ),
+    Stage.UNMASK: _rule(
+        UnmaskShares,
+        ServerSession._check_unmask,
+        ServerSession._accept_unmask,
+        ServerSession._close_unmask,
+    ),
+}
+"""The transition table: per stage, the message it accepts, its checks before and after the
+signature, and how the stage ends."""

@@ -8,7 +8,8 @@ import pickle
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from secagg.crypto.kx import KeyAgreementKey, exchange
+from secagg.crypto.kx import KeyAgreementKey, check_public_key, exchange
+from secagg.crypto.rng import DeterministicRandom
 from secagg.errors import ConfigError, CryptoError
 
 # RFC 7748 section 6.1.
@@ -87,3 +88,42 @@ def test_pickling_a_secret_key_fails() -> None:
 def test_copying_a_secret_key_fails() -> None:
     with pytest.raises(TypeError):
         copy.deepcopy(KeyAgreementKey.generate())
+
+
+# --- low-order points -----------------------------------------------------------------------------
+
+_P = 2**255 - 19
+_ORDER_8 = (
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+)
+
+
+@pytest.mark.parametrize("u", [0, 1, *_ORDER_8, _P - 1, _P, _P + 1])
+@pytest.mark.parametrize("top_bit", [False, True])
+def test_low_order_points_are_refused_at_the_door(u: int, top_bit: bool) -> None:
+    point = bytearray(u.to_bytes(32, "little"))
+    if top_bit:
+        point[31] |= 0x80
+    with pytest.raises(CryptoError, match="low-order"):
+        check_public_key(bytes(point))
+    # ... and they are exactly the points libsodium refuses in a key agreement.
+    with pytest.raises(CryptoError):
+        KeyAgreementKey.generate().exchange(bytes(point))
+
+
+def test_ordinary_public_keys_pass_the_check() -> None:
+    for _ in range(200):
+        check_public_key(KeyAgreementKey.generate().public_bytes)
+
+
+@pytest.mark.parametrize("bad", [b"", bytes(31), bytes(33), "x" * 32])
+def test_malformed_public_keys_are_refused(bad: object) -> None:
+    with pytest.raises(CryptoError):
+        check_public_key(bad)  # type: ignore[arg-type]
+
+
+def test_key_generation_replays_from_a_deterministic_source() -> None:
+    a = KeyAgreementKey.generate(DeterministicRandom.from_int(1)).public_bytes
+    b = KeyAgreementKey.generate(DeterministicRandom.from_int(1)).public_bytes
+    assert a == b != KeyAgreementKey.generate(DeterministicRandom.from_int(2)).public_bytes

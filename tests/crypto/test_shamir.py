@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secagg.crypto import shamir
+from secagg.crypto.rng import SYSTEM_RANDOM, DeterministicRandom
 from secagg.crypto.shamir import (
     FIELD_PRIME,
     SHARE_BYTES,
@@ -187,7 +188,7 @@ def test_reconstruct_rejects_threshold_below_one() -> None:
 
 
 def test_random_coefficients_are_field_elements() -> None:
-    values = shamir._random_field_elements(100_000)
+    values = shamir._random_field_elements(100_000, SYSTEM_RANDOM)
     assert int(values.max()) < FIELD_PRIME
     assert values.size == 100_000
 
@@ -196,3 +197,13 @@ def test_lagrange_weights_at_zero_sum_to_one() -> None:
     # sum_j L_j(0) = 1 for the constant polynomial 1.
     weights = shamir._lagrange_at_zero((2, 5, 11, 40))
     assert int(weights.sum()) % FIELD_PRIME == 1
+
+
+def test_split_with_a_deterministic_source_replays_exactly() -> None:
+    secret = bytes(range(32))
+    first = split_many([secret], threshold=3, xs=[1, 2, 3, 4], rng=DeterministicRandom.from_int(7))
+    again = split_many([secret], threshold=3, xs=[1, 2, 3, 4], rng=DeterministicRandom.from_int(7))
+    other = split_many([secret], threshold=3, xs=[1, 2, 3, 4], rng=DeterministicRandom.from_int(8))
+    assert first == again
+    assert first != other
+    assert reconstruct(first[0], threshold=3) == secret
