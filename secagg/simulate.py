@@ -2,10 +2,15 @@
 
 The sessions are the same sans-IO state machines the gRPC service drives; only the transport is
 replaced by direct calls. A dropout schedule says which parties stop answering at which stage.
+
+Every simulated site holds a :class:`~secagg.protocol.SitePolicy` (by default the strict one,
+pinned to the simulated roster) and refuses, as a real site would, a threshold below what it
+implies: :func:`default_threshold` is that minimum.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,11 +24,15 @@ from secagg.protocol import (
     ACTIVE_STAGES,
     AggregateResult,
     ClientSession,
+    MemoryLedger,
     RoundConfig,
     ServerMessage,
     ServerSession,
+    SiteLedger,
+    SitePolicy,
     Stage,
 )
+from secagg.protocol.graph import NeighbourGraph
 
 __all__ = [
     "DropoutSchedule",
@@ -54,17 +63,30 @@ def run_round(
     *,
     dropouts: DropoutSchedule | None = None,
     server: ServerSession | None = None,
+    policy: SitePolicy | Mapping[int, SitePolicy] | None = None,
+    ledgers: Mapping[int, SiteLedger] | None = None,
 ) -> AggregateResult:
     """Run one round over already-encoded inputs; raise RoundAborted if it cannot complete.
 
     Pass a fresh ``server`` to keep a handle on the server session (for records of an aborted
-    round, say); by default one is created.
+    round, say); by default one is created. ``policy`` is every site's policy (or one per party);
+    by default the strict one pinned to ``config.roster``: a site refuses (PolicyViolation) a
+    round its policy does not accept. ``ledgers`` collect each site's events (default: in memory).
     """
     schedule = _normalise_schedule(dropouts)
     if set(encoded_inputs) - set(config.roster):
         raise ConfigError("inputs given for parties that are not in the roster")
+    policies = _policies(policy, config, encoded_inputs)
+    books = dict(ledgers) if ledgers is not None else {}
     clients = {
-        p: ClientSession(config, p, identities[p], encoded_inputs[p])
+        p: ClientSession(
+            config,
+            p,
+            identities[p],
+            encoded_inputs[p],
+            policy=policies[p],
+            ledger=books.setdefault(p, MemoryLedger()),
+        )
         for p in sorted(encoded_inputs)
     }
     if server is None:
@@ -93,10 +115,29 @@ def run_round(
     return server.result
 
 
-def default_threshold(n: int, degree: int | None = None) -> int:
-    """A strict majority of each neighbourhood (n/2 + 1 for the full graph)."""
-    neighbourhood = n if degree is None or degree >= n - 1 else degree + 1
-    return neighbourhood // 2 + 1
+def _policies(
+    policy: SitePolicy | Mapping[int, SitePolicy] | None,
+    config: RoundConfig,
+    parties: Iterable[int],
+) -> dict[int, SitePolicy]:
+    if isinstance(policy, Mapping):
+        return {p: policy[p] for p in parties}
+    one = policy if policy is not None else SitePolicy(roster=config.roster)
+    return {p: one for p in parties}
+
+
+def default_threshold(n: int, degree: int | None = None, policy: SitePolicy | None = None) -> int:
+    """The smallest threshold a site with ``policy`` accepts for n parties and this degree.
+
+    The default policy is the strict one (malicious aggregator, 10 % corrupt): for the full graph
+    ``ceil((n + 0.1 n) / 2) + 1``. Raises ConfigError when the degree itself is unsafe.
+    """
+    parties = range(1, n + 1)
+    if degree is None or degree >= n - 1:
+        graph = NeighbourGraph.full(parties)
+    else:
+        graph = NeighbourGraph.harary(parties, degree, bytes(32))
+    return (policy or SitePolicy(roster=None, min_parties=2)).minimum_threshold_for(n, graph)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +171,7 @@ def simulate(
     dropouts: DropoutSchedule | None = None,
     round_id: int = 0,
     context_digest: bytes = b"",
+    policy: SitePolicy | None = None,
 ) -> SimulationResult:
     """Securely sum float vectors of n simulated clients in one process.
 
@@ -138,7 +180,8 @@ def simulate(
     ``weights`` (each in [0, 1], e.g. a site's example count over the largest site's) turn the sum
     into sum(w_i x_i) with sum(w_i) summed beside it, for a weighted average (FedAvg).
     ``degree=None`` runs full-graph SecAgg; an even ``degree`` runs SecAgg+ on a random
-    ``degree``-regular neighbour graph.
+    ``degree``-regular neighbour graph. Every site holds ``policy`` (default: the strict policy
+    pinned to the simulated roster); ``threshold`` defaults to the smallest one it accepts.
     """
     by_party = dict(inputs) if isinstance(inputs, Mapping) else dict(enumerate(inputs, start=1))
     vectors = {p: np.asarray(v, dtype=np.float64).ravel() for p, v in by_party.items()}
@@ -163,14 +206,17 @@ def simulate(
     config = RoundConfig(
         round_id=round_id,
         roster={p: k.public_key for p, k in identities.items()},
-        threshold=threshold if threshold is not None else default_threshold(n, degree),
+        threshold=threshold if threshold is not None else default_threshold(n, degree, policy),
         vector_length=m,
         bits=bits,
         degree=degree,
         context_digest=context_digest,
     )
     encoded = {p: encoding.encode(v, uniform_floats(random_seed(), m)) for p, v in vectors.items()}
-    result = run_round(config, identities, encoded, dropouts=dropouts)
+    if policy is not None and policy.roster is not None:
+        raise ConfigError("simulate() pins each site's policy to the roster it generates itself")
+    pinned = None if policy is None else dataclasses.replace(policy, roster=config.roster)
+    result = run_round(config, identities, encoded, dropouts=dropouts, policy=pinned)
     total = encoding.decode_sum(result.total, len(result.survivors))
     if weights is not None:
         total, total_weight = total[:-1], float(total[-1]) / clip

@@ -36,6 +36,7 @@ from types import MappingProxyType
 from secagg.crypto import IdentityPublicKey, transcript_digest
 from secagg.errors import ConfigError, PolicyViolation
 from secagg.protocol.config import RoundConfig, roster_fingerprint
+from secagg.protocol.graph import NeighbourGraph
 from secagg.protocol.params import (
     AdversaryClass,
     full_graph_minimum_threshold,
@@ -167,15 +168,19 @@ class SitePolicy:
 
     def minimum_threshold(self, config: RoundConfig) -> int:
         """The smallest t this site accepts for the round's graph (PolicyViolation if none)."""
-        n = len(config.roster)
-        if config.graph.is_full:
+        return self.minimum_threshold_for(len(config.roster), config.graph)
+
+    def minimum_threshold_for(self, n: int, graph: NeighbourGraph) -> int:
+        """The smallest t this site accepts for ``graph`` over n parties (PolicyViolation if
+        the graph itself is unsafe)."""
+        if graph.is_full:
             return full_graph_minimum_threshold(
                 n, corrupt_fraction=self.corrupt_fraction, adversary=self.adversary
             )
         try:
             return sparse_minimum_threshold(
                 n,
-                config.graph.degree,
+                graph.degree,
                 dropout_rate=self.dropout_rate,
                 corrupt_fraction=self.corrupt_fraction,
                 adversary=self.adversary,
@@ -184,7 +189,7 @@ class SitePolicy:
         except ConfigError as exc:
             raise PolicyViolation(
                 "degree",
-                config.graph.degree,
+                graph.degree,
                 "a larger degree",
                 str(exc),
                 "[policy] corrupt_fraction / dropout_rate, or ask the aggregator for the "

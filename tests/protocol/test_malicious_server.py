@@ -26,6 +26,7 @@ from secagg.protocol import (
     ClientSession,
     ConsistencySignature,
     KeyRoster,
+    MemoryLedger,
     RoundConfig,
     ServerSession,
     Stage,
@@ -33,19 +34,20 @@ from secagg.protocol import (
     UnmaskRequest,
     UnmaskShares,
 )
+from secagg.protocol.ledger import SharesRevealed
+from secagg.protocol.messages import survivors_digest
 from secagg.protocol.params import AdversaryClass, full_graph_threshold
 
-from .harness import Round, make_round
+from .harness import Round, curious_policy, make_round, new_session
 
 
 def _refuses(client: ClientSession, message: object, error: type[Exception]) -> None:
-    """The client raises ``error``, returns no reply, aborts for good and holds no share."""
-    reply = None
+    """The client raises ``error``, aborts for good, holds no share and recorded no revelation."""
     with pytest.raises(error):
-        reply = client.receive(message)  # type: ignore[arg-type]
-    assert reply is None
+        client.receive(message)  # type: ignore[arg-type]
     assert client.stage is Stage.ABORTED
     assert client._held_shares == {}  # nothing left that could be revealed later
+    assert not client._ledger.of_kind(SharesRevealed)  # type: ignore[attr-defined]
     with pytest.raises(LocalProtocolError):
         client.receive(message)  # type: ignore[arg-type]
 
@@ -58,23 +60,20 @@ def _to_unmask(r: Round, drop: set[int]) -> dict[int, UnmaskRequest]:
     return r.outbox  # type: ignore[return-value]
 
 
+def _consistency(r: Round, signer: int, survivors: bytes) -> bytes:
+    """Party ``signer``'s signature over ``survivors`` (what a corrupt party signs for anything)."""
+    sid = r.server.session_id
+    return ConsistencySignature.signed(
+        r.identities[signer],
+        r.config.digest,
+        round_id=r.config.round_id,
+        sender=signer,
+        session_id=sid,
+        survivors_digest=survivors_digest(sid, survivors),
+    ).signature
+
+
 # --- both secrets of one peer -------------------------------------------------------------------
-
-
-def test_server_asking_for_both_secrets_of_a_survivor_gets_nothing() -> None:
-    r = make_round(5, threshold=3)
-    req = _to_unmask(r, {4})[1]
-    greedy = dataclasses.replace(req, dropped=(*req.dropped, 5))
-    _refuses(r.clients[1], greedy, MaliciousServerError)
-
-
-def test_server_claiming_a_signed_survivor_dropped_gets_nothing() -> None:
-    r = make_round(5, threshold=3)
-    req = _to_unmask(r, {4})[2]
-    lie = dataclasses.replace(
-        req, survivors=tuple(p for p in req.survivors if p != 5), dropped=(4, 5)
-    )
-    _refuses(r.clients[2], lie, MaliciousServerError)
 
 
 def test_a_client_answers_one_unmask_request_only() -> None:
@@ -86,7 +85,22 @@ def test_a_client_answers_one_unmask_request_only() -> None:
     owners_key = {o for o, _ in reply.mask_key_shares}
     assert owners_self.isdisjoint(owners_key)
     with pytest.raises(LocalProtocolError):  # a second request (e.g. "now the others") fails
-        r.clients[1].receive(dataclasses.replace(req, survivors=(1, 2, 3), dropped=(4, 5)))
+        r.clients[1].receive(req)
+
+
+def test_survivor_set_that_omits_a_neighbour_which_never_shared_keys_is_refused() -> None:
+    r = make_round(5, threshold=3)
+    r.advertise()
+    r.step(skip={4})  # party 4 never shares keys
+    masked = {p: r.clients[p].receive(m) for p, m in r.outbox.items()}
+    for m in masked.values():
+        r.server.receive(m)
+    lie = r.config.roster_index.encode({1, 2, 3, 4, 5})
+    _refuses(
+        r.clients[1],
+        SurvivorsRequest(r.config.round_id, r.server.session_id, lie),
+        MaliciousServerError,
+    )
 
 
 # --- different survivor sets for different clients ---------------------------------------------
@@ -104,20 +118,22 @@ def _split_view_attack(r: Round, target: int) -> dict[int, bytes | None]:
     masked = {p: r.clients[p].receive(m) for p, m in r.outbox.items()}
     for m in masked.values():
         r.server.receive(m)
+    index = r.config.roster_index
     everyone = tuple(sorted(masked))
     s2 = tuple(p for p in everyone if p != target)
     group_b = set(s2[: len(s2) // 2])
+    bitmaps = {everyone: index.encode(everyone), s2: index.encode(s2)}
     views = {p: (s2 if p in group_b else everyone) for p in everyone}
     sid = r.server.session_id
     sigs: dict[tuple[int, ...], list[tuple[int, bytes]]] = {everyone: [], s2: []}
     for p, view in views.items():
-        reply = r.clients[p].receive(SurvivorsRequest(r.config.round_id, sid, view))
+        reply = r.clients[p].receive(SurvivorsRequest(r.config.round_id, sid, bitmaps[view]))
         assert isinstance(reply, ConsistencySignature)
         sigs[view].append((p, reply.signature))
     revealed: dict[int, bytes | None] = {}
     for p, view in views.items():
-        dropped = () if view == everyone else (target,)
-        req = UnmaskRequest(r.config.round_id, sid, view, dropped, tuple(sorted(sigs[view])))
+        digest = survivors_digest(sid, bitmaps[view])
+        req = UnmaskRequest(r.config.round_id, sid, digest, tuple(sorted(sigs[view])))
         try:
             reply = r.clients[p].receive(req)
         except MaliciousServerError:
@@ -138,6 +154,15 @@ def test_different_survivor_sets_cannot_both_gather_threshold_signatures() -> No
     # Neither view reaches t signatures: every honest client refuses to unmask.
     assert all(v is None for v in revealed.values())
     assert all(c.stage is Stage.ABORTED for c in r.clients.values())
+
+
+def test_split_view_at_an_unsafe_threshold_would_reveal_both_secrets() -> None:
+    """The control of the test above: at t = 3 of 7 (what a malicious aggregator would offer,
+    and what only a relaxed policy accepts) both groups unmask, so the attack is real; the
+    strict policy refuses this round before anything is sent (tests/protocol/test_site_policy)."""
+    r = make_round(7, threshold=3)
+    revealed = _split_view_attack(r, target=7)
+    assert sum(v is not None for v in revealed.values()) == 7
 
 
 @pytest.mark.parametrize("n", [4, 5, 6, 7, 8])
@@ -172,40 +197,27 @@ def test_secagg_plus_split_view_with_a_corrupt_neighbour_learns_no_input() -> No
     r.step()
     masked = {p: r.clients[p].receive(m) for p, m in r.outbox.items()}
     sid = r.server.session_id
-    everyone = tuple(sorted(masked))
-    without = tuple(p for p in everyone if p != target)
+    index = r.config.roster_index
+    everyone = index.encode(masked)
+    without = index.encode(p for p in masked if p != target)
     # The corrupt neighbour hands the server both of its shares of the target.
     seed_shares = {corrupt: r.clients[corrupt]._held_shares[target][0]}
     key_shares = {corrupt: r.clients[corrupt]._held_shares[target][1]}
 
-    def unmask(party: int, view: tuple[int, ...], dropped: tuple[int, ...]) -> UnmaskShares:
-        signers = [s for s in [party, *r.config.graph.neighbours(party)] if s in view]
-        sigs = []
-        for s in signers:
-            # Every party signs what it is shown; corrupt ones sign anything.
-            sigs.append(
-                (
-                    s,
-                    ConsistencySignature.create(
-                        r.identities[s],
-                        round_id=r.config.round_id,
-                        sender=s,
-                        config_digest=r.config.digest,
-                        session_id=sid,
-                        survivors=view,
-                    ).signature,
-                )
-            )
+    def unmask(party: int, view: bytes) -> UnmaskShares:
+        # Every party signs what it is shown; corrupt ones sign anything.
+        signers = [s for s in r.config.holders(party) if index.contains(view, s)]
+        sigs = tuple(sorted((s, _consistency(r, s, view)) for s in signers))
         client = r.clients[party]
         client.receive(SurvivorsRequest(r.config.round_id, sid, view))
         reply = client.receive(
-            UnmaskRequest(r.config.round_id, sid, view, dropped, tuple(sorted(sigs)))
+            UnmaskRequest(r.config.round_id, sid, survivors_digest(sid, view), sigs)
         )
         assert isinstance(reply, UnmaskShares)
         return reply
 
-    target_reply = unmask(target, everyone, ())  # the target believes it survived
-    honest_reply = unmask(honest, without, (target,))  # its honest neighbour: "it dropped"
+    target_reply = unmask(target, everyone)  # the target believes it survived
+    honest_reply = unmask(honest, without)  # its honest neighbour: "it dropped"
     seed_shares.update({o: s for o, s in target_reply.self_mask_shares if o == target})
     key_shares.update((honest, s) for o, s in honest_reply.mask_key_shares if o == target)
     assert len(key_shares) == 2  # the mask key is exposed (the target's pairwise masks) ...
@@ -284,8 +296,14 @@ def test_consistency_signatures_replayed_from_an_earlier_round_do_not_verify() -
     for round_id in (1, 2):
         cfg = RoundConfig(round_id=round_id, roster=roster, threshold=3, vector_length=4)
         inputs = {p: np.full(4, p, dtype=np.uint32) for p in ids}
-        clients = {p: ClientSession(cfg, p, ids[p], inputs[p]) for p in ids}
-        rounds.append(Round(cfg, ids, inputs, clients, ServerSession(cfg)))
+        ledgers = {p: MemoryLedger() for p in ids}
+        clients = {
+            p: ClientSession(
+                cfg, p, ids[p], inputs[p], policy=curious_policy(roster), ledger=ledgers[p]
+            )
+            for p in ids
+        }
+        rounds.append(Round(cfg, ids, inputs, clients, ServerSession(cfg), ledgers))
     old_req = _to_unmask(rounds[0], {4})[1]
     req = _to_unmask(rounds[1], {4})[1]
     replayed = dataclasses.replace(req, consistency_signatures=old_req.consistency_signatures)
@@ -300,7 +318,7 @@ def test_key_roster_replayed_from_an_earlier_round_is_refused() -> None:
         c.advertise_keys()
     old: KeyRoster = earlier.outbox[1]  # type: ignore[assignment]
     _refuses(r.clients[1], old, ReplayedMessage)
-    relabelled = KeyRoster(4, old.advertisements)
+    relabelled = KeyRoster(4, old.advertised, old.advertisements)
     with pytest.raises((ProtocolError, CryptoError)):
         r.clients[2].receive(relabelled)
     assert r.clients[2].stage is Stage.ABORTED
@@ -319,7 +337,7 @@ def _two_model_groups(
     assert cfg_b.digest != r.config.digest
     clients = dict(r.clients)
     for p in range(n // 2 + 1, n + 1):
-        clients[p] = ClientSession(cfg_b, p, r.identities[p], r.inputs[p])
+        clients[p] = new_session(r, p, cfg_b)
     return r, clients
 
 
@@ -339,12 +357,13 @@ def test_honest_server_refuses_clients_that_received_another_model() -> None:
 def test_clients_with_different_model_digests_cannot_complete_one_round(degree: int | None) -> None:
     """A relaying server mixes both groups into one roster: every client aborts before unmasking."""
     r, clients = _two_model_groups(degree=degree)
-    ads = tuple(c.advertise_keys() for _, c in sorted(clients.items()))
-    roster = KeyRoster(r.config.round_id, ads)
+    ads = {p: c.advertise_keys() for p, c in sorted(clients.items())}
+    everyone = r.config.roster_index.encode(ads)
     replies = {}
     for p, c in clients.items():
+        mine = tuple(ads[v] for v in sorted(r.config.graph.neighbours(p)))
         try:
-            replies[p] = c.receive(roster)
+            replies[p] = c.receive(KeyRoster(r.config.round_id, everyone, mine))
         except (ProtocolError, CryptoError):
             assert c.stage is Stage.ABORTED
     # Each group derives a different session id, so nothing it sends can be combined with the other.
@@ -356,7 +375,7 @@ def test_clients_with_different_model_digests_cannot_complete_one_round(degree: 
             assert a.session_id != b.session_id
     # Any client that still shared keys only did so with peers of its own model.
     assert all(
-        {rcv for rcv, _ in rep.encrypted_shares} <= {v for v in clients if groups[v] == groups[p]}
+        {e.receiver for e in rep.entries} <= {v for v in clients if groups[v] == groups[p]}
         for p, rep in replies.items()
     )
     # In the full graph every client sees a cross-model neighbour and aborts at once.
@@ -367,11 +386,10 @@ def test_clients_with_different_model_digests_cannot_complete_one_round(degree: 
 def test_a_server_splitting_clients_by_model_cannot_reach_threshold_in_the_minority() -> None:
     """Separate rosters per model: the single targeted client is below t and aborts."""
     r, _ = _two_model_groups(n=5)
-    target = ClientSession(
-        dataclasses.replace(r.config, context_digest=b"model-B"), 5, r.identities[5], r.inputs[5]
-    )
-    ad = target.advertise_keys()
+    cfg_b = dataclasses.replace(r.config, context_digest=b"model-B")
+    target = new_session(r, 5, cfg_b)
+    target.advertise_keys()
     with pytest.raises(Exception) as info:
-        target.receive(KeyRoster(r.config.round_id, (ad,)))
+        target.receive(KeyRoster(r.config.round_id, cfg_b.roster_index.encode({5}), ()))
     assert target.stage is Stage.ABORTED
     assert "threshold" in str(info.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .harness import make_round
+from .harness import make_round, new_session
 
 
 def _value_bytes(values: np.ndarray, bits: int) -> np.ndarray:
@@ -20,7 +20,7 @@ def test_masked_input_of_an_all_zero_update_looks_uniform(bits):
     r = make_round(3, vector_length=m, bits=bits, threshold=2)
     zero = np.zeros(m, dtype=np.uint32)
     r.inputs = {p: zero for p in r.inputs}
-    r.clients = {p: type(c)(r.config, p, r.identities[p], zero) for p, c in r.clients.items()}
+    r.clients = {p: new_session(r, p, inputs=zero) for p in r.clients}
     r.advertise()
     r.step()  # share keys: the outbox now holds each client's share bundle
     upload = r.clients[1].receive(r.outbox[1]).masked_vector

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from secagg.errors import LocalProtocolError
-from secagg.protocol import ClientSession, Stage
+from secagg.errors import LocalProtocolError, PolicyViolation
+from secagg.protocol import ClientSession, SitePolicy, Stage
 
-from .harness import make_round
+from .harness import curious_policy, make_round
 
 
 @pytest.mark.parametrize("degree", [None, 4])
@@ -23,7 +23,13 @@ def test_session_restored_before_every_message_sums_exactly(degree):
         for p, message in outbox.items():
             if p == 4 and r.server.stage is Stage.MASKED_INPUT:
                 continue  # party 4 drops before uploading
-            session = ClientSession.restore(r.config, r.identities[p], saved[p])
+            session = ClientSession.restore(
+                r.config,
+                r.identities[p],
+                saved[p],
+                policy=curious_policy(r.config.roster),
+                ledger=r.ledgers[p],
+            )
             r.server.receive(session.receive(message))
             saved[p] = session.export_state()
         outbox = r.server.close_stage()
@@ -46,9 +52,25 @@ def test_restore_refuses_another_config_and_unreadable_state():
     r = make_round(4)
     other = make_round(4, round_id=8)
     state = r.clients[1].export_state()
+    policy = curious_policy(r.config.roster)
     with pytest.raises(LocalProtocolError, match="another round config"):
-        ClientSession.restore(other.config, r.identities[1], state)
+        ClientSession.restore(
+            other.config, r.identities[1], state, policy=policy, ledger=r.ledgers[1]
+        )
     broken = dict(state)
     del broken["mask_key"]
     with pytest.raises(LocalProtocolError, match="unreadable"):
-        ClientSession.restore(r.config, r.identities[1], broken)
+        ClientSession.restore(r.config, r.identities[1], broken, policy=policy, ledger=r.ledgers[1])
+
+
+def test_a_restored_session_still_obeys_the_site_policy():
+    r = make_round(5, threshold=3)
+    state = r.clients[1].export_state()
+    with pytest.raises(PolicyViolation, match="threshold"):
+        ClientSession.restore(
+            r.config,
+            r.identities[1],
+            state,
+            policy=SitePolicy(roster=r.config.roster),
+            ledger=r.ledgers[1],
+        )

@@ -9,7 +9,6 @@ import pytest
 
 from secagg.crypto import IdentityKey
 from secagg.errors import (
-    DecryptionError,
     InvalidSignature,
     LocalProtocolError,
     MalformedMessage,
@@ -20,15 +19,16 @@ from secagg.errors import (
     UnknownParty,
 )
 from secagg.protocol import (
-    ClientSession,
+    AdvertiseKeys,
     MaskedInput,
     RoundConfig,
     ShareBundle,
     Stage,
     UnmaskRequest,
 )
+from secagg.protocol.ledger import SharesRevealed
 
-from .harness import make_round
+from .harness import make_round, new_session
 
 
 def run_to_end(r, *, drop_at=None):
@@ -93,9 +93,7 @@ def test_secagg_plus_round_with_sparse_graph_yields_exact_sum():
 
 def test_message_from_another_round_is_rejected_as_replay_and_changes_nothing():
     r = make_round(4)
-    foreign = ClientSession(
-        dataclasses.replace(r.config, round_id=8), 1, r.identities[1], r.inputs[1]
-    ).advertise_keys()
+    foreign = new_session(r, 1, dataclasses.replace(r.config, round_id=8)).advertise_keys()
     with pytest.raises(ReplayedMessage):
         r.server.receive(foreign)
     assert r.server.participants(Stage.ADVERTISE_KEYS) == frozenset()
@@ -110,13 +108,21 @@ def test_forged_signature_is_rejected():
     with pytest.raises(InvalidSignature):
         r.server.receive(forged)
     impostor = IdentityKey.generate()
-    stolen = type(ad).create(
+    stolen = AdvertiseKeys.signed(
         impostor,
+        r.config.digest,
         round_id=ad.round_id,
         sender=2,
-        config_digest=r.config.digest,
         cipher_public_key=ad.cipher_public_key,
         mask_public_key=ad.mask_public_key,
+        seed_commitment=ad.seed_commitment,
+        # party 2's neighbours are 1, 3, 4: relabel party 1's inbox key for 2 as one for 1
+        inbox_keys=tuple(
+            sorted(
+                (dataclasses.replace(k, dealer=1) if k.dealer == 2 else k for k in ad.inbox_keys),
+                key=lambda k: k.dealer,
+            )
+        ),
     )
     with pytest.raises(InvalidSignature):
         r.server.receive(stolen)
@@ -148,13 +154,15 @@ def test_unknown_party_is_rejected():
     r = make_round(4)
     stranger = IdentityKey.generate()
     ad = r.clients[1].advertise_keys()
-    msg = type(ad).create(
+    msg = AdvertiseKeys.signed(
         stranger,
+        r.config.digest,
         round_id=ad.round_id,
         sender=99,
-        config_digest=r.config.digest,
-        cipher_public_key=bytes(range(32)),
-        mask_public_key=bytes(range(1, 33)),
+        cipher_public_key=bytes(range(2, 34)),
+        mask_public_key=bytes(range(3, 35)),
+        seed_commitment=bytes(32),
+        inbox_keys=(),
     )
     with pytest.raises(UnknownParty):
         r.server.receive(msg)
@@ -166,11 +174,11 @@ def test_masked_input_of_wrong_length_is_rejected_and_the_round_completes():
     r.step()
     replies = {p: r.clients[p].receive(m) for p, m in r.outbox.items()}
     bad = replies[1]
-    short = MaskedInput.create(
+    short = MaskedInput.signed(
         r.identities[1],
+        r.config.digest,
         round_id=bad.round_id,
         sender=1,
-        config_digest=r.config.digest,
         session_id=bad.session_id,
         masked_vector=np.zeros(7, dtype=np.uint32),
     )
@@ -187,33 +195,35 @@ def test_masked_input_of_wrong_length_is_rejected_and_the_round_completes():
 # --- clients refuse what an honest server never sends ----------------------------------------
 
 
-def test_tampered_share_ciphertext_makes_the_client_abort():
+def test_a_share_entry_altered_by_the_server_is_not_held_and_not_complained_about():
+    """The dealer's entry signature fails: the client cannot tell who spoiled it, so it neither
+    holds those shares nor reveals its inbox key in a complaint (which would open the channel)."""
     r = make_round(4)
     r.advertise()
     r.step()
     bundle: ShareBundle = r.outbox[2]
-    sender, box = bundle.encrypted_shares[0]
-    flipped = box[:-1] + bytes([box[-1] ^ 1])
-    tampered = dataclasses.replace(
-        bundle, encrypted_shares=((sender, flipped), *bundle.encrypted_shares[1:])
-    )
-    with pytest.raises(DecryptionError):
-        r.clients[2].receive(tampered)
-    assert r.clients[2].stage is Stage.ABORTED
-    with pytest.raises(LocalProtocolError):
-        r.clients[2].receive(bundle)
+    dealer, entry = bundle.entries[0]
+    box = entry.ciphertext
+    flipped = dataclasses.replace(entry, ciphertext=box[:-1] + bytes([box[-1] ^ 1]))
+    tampered = dataclasses.replace(bundle, entries=((dealer, flipped), *bundle.entries[1:]))
+    reply = r.clients[2].receive(tampered)
+    assert isinstance(reply, MaskedInput)
+    assert reply.complaints == ()
+    assert dealer not in r.clients[2]._held_shares
+    assert r.clients[2].stage is Stage.MASKED_INPUT
 
 
-def test_share_redirected_to_another_receiver_fails_to_decrypt():
+def test_share_entry_redirected_to_another_receiver_is_refused():
     r = make_round(4)
     r.advertise()
     r.step()
-    to_3 = dict(r.outbox[3].encrypted_shares)
+    to_3 = dict(r.outbox[3].entries)
     bundle_2 = r.outbox[2]
-    # Give client 2 the ciphertext party 1 addressed to party 3.
-    swapped = tuple((s, to_3[1] if s == 1 else c) for s, c in bundle_2.encrypted_shares)
-    with pytest.raises(DecryptionError):
-        r.clients[2].receive(dataclasses.replace(bundle_2, encrypted_shares=swapped))
+    # Give client 2 the entry party 1 addressed to party 3.
+    swapped = tuple((s, to_3[1] if s == 1 else e) for s, e in bundle_2.entries)
+    with pytest.raises(MaliciousServerError, match="addressed to another party"):
+        r.clients[2].receive(dataclasses.replace(bundle_2, entries=swapped))
+    assert r.clients[2].stage is Stage.ABORTED
 
 
 def _advance_to_unmask_request(r):
@@ -224,28 +234,24 @@ def _advance_to_unmask_request(r):
     return r.outbox
 
 
-def test_unmask_request_for_both_secrets_of_a_peer_is_refused():
+def test_unmask_answer_never_holds_both_secrets_of_a_peer():
     r = make_round(5, threshold=3)
     outbox = _advance_to_unmask_request(r)
-    req: UnmaskRequest = outbox[1]
-    greedy = dataclasses.replace(req, dropped=tuple(sorted({*req.dropped, 2})))
-    with pytest.raises(MaliciousServerError, match="both secrets"):
-        r.clients[1].receive(greedy)
-    assert r.clients[1].stage is Stage.ABORTED
+    reply = r.clients[1].receive(outbox[1])
+    seeds = {o for o, _ in reply.self_mask_shares}
+    keys = {o for o, _ in reply.mask_key_shares}
+    assert seeds == {1, 2, 3, 5} and keys == {4}
+    assert r.ledgers[1].of_kind(SharesRevealed)[0].mask_key_owners == (4,)
 
 
 def test_unmask_request_contradicting_the_signed_survivors_is_refused():
     r = make_round(5, threshold=3)
     outbox = _advance_to_unmask_request(r)
     req: UnmaskRequest = outbox[1]
-    # Claim party 2 dropped (so its mask key would be revealed) after it was signed as a survivor.
-    shrunk = dataclasses.replace(
-        req,
-        survivors=tuple(p for p in req.survivors if p != 2),
-        dropped=tuple(sorted({*req.dropped, 2})),
-    )
+    other = dataclasses.replace(req, survivors_digest=bytes(32))
     with pytest.raises(MaliciousServerError, match="contradicts"):
-        r.clients[1].receive(shrunk)
+        r.clients[1].receive(other)
+    assert not r.ledgers[1].of_kind(SharesRevealed)
 
 
 def test_unmask_request_with_too_few_consistency_signatures_is_refused():
@@ -289,9 +295,9 @@ def test_client_rejects_a_message_out_of_stage():
 def test_client_refuses_an_input_that_does_not_fit_the_config():
     r = make_round(4, bits=8)
     with pytest.raises(LocalProtocolError):
-        ClientSession(r.config, 1, r.identities[1], np.full(16, 256, dtype=np.uint32))
+        new_session(r, 1, inputs=np.full(16, 256, dtype=np.uint32))
     with pytest.raises(LocalProtocolError):
-        ClientSession(r.config, 1, r.identities[2], r.inputs[1])
+        new_session(r, 1, identity=r.identities[2])
 
 
 def test_round_config_rejects_thresholds_outside_the_neighbourhood():
