@@ -215,7 +215,12 @@ def _decode_masked_input(
         raise MalformedMessage(f"masked input has values outside Z_(2^{bits})")
     vector.flags.writeable = False
     return MaskedInput(
-        int(header.round_id), int(header.sender), header.session_id, vector, header.signature
+        int(header.round_id),
+        int(header.sender),
+        header.session_id,
+        vector,
+        header.signature,
+        codec.complaints_from_proto(header.complaints),
     )
 
 

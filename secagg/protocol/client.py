@@ -510,6 +510,8 @@ class ClientSession:
 
     def _on_key_roster(self, msg: KeyRoster) -> ShareKeys:
         cfg = self.config
+        if msg.recipient != self.party:
+            raise MaliciousServerError(f"the key roster is addressed to party {msg.recipient}")
         index = cfg.roster_index
         index.check(msg.advertised)
         if not index.contains(msg.advertised, self.party):

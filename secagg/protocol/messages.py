@@ -512,11 +512,13 @@ class KeyRoster:
     stage: ClassVar[Stage] = Stage.ADVERTISE_KEYS
 
     round_id: int
+    recipient: int
     advertised: bytes
     advertisements: tuple[AdvertiseKeys, ...]
 
     def __post_init__(self) -> None:
         _check_int("round_id", self.round_id)
+        _check_int("recipient", self.recipient, 1)
         _check_bytes("advertised", self.advertised)
         _check_tuple_of("advertisements", self.advertisements, AdvertiseKeys)
         _check_sorted_unique("advertisement senders", [a.sender for a in self.advertisements])

@@ -313,6 +313,7 @@ class ServerSession:
         return {
             h: KeyRoster(
                 cfg.round_id,
+                h,
                 self._advertised,
                 tuple(ads[v] for v in sorted(cfg.graph.neighbours(h) & u1)),
             )

@@ -33,19 +33,21 @@ from secagg.crypto import (
     lp_encode,
     transcript_digest,
 )
-from secagg.crypto.aead import OVERHEAD_BYTES
 from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError, MalformedMessage, ReplayedMessage, UnexpectedMessage
 from secagg.protocol import (
     ACTIVE_STAGES,
     AdvertiseKeys,
+    Complaint,
     ConsistencySignature,
+    InboxKey,
     KeyRoster,
     MaskedInput,
     RoundConfig,
     ServerMessage,
     ShareBundle,
+    ShareEntry,
     ShareKeys,
     Stage,
     SurvivorsRequest,
@@ -79,7 +81,6 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_WORDS = 1 << 18  # 1 MiB of uint32 per chunk: far below gRPC's 4 MiB default limit
-SHARE_CIPHERTEXT_BYTES = 2 * SHARE_BYTES + OVERHEAD_BYTES
 _JOIN_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "join")
 _GET_RESULT_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "get-result")
 _RECORD_DP_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "record-dp")
@@ -403,27 +404,80 @@ def _to_pairs(pairs: tuple[tuple[int, bytes], ...]) -> list[pb.PartyBytes]:
     return [pb.PartyBytes(party=p, value=v) for p, v in pairs]
 
 
+def _entry_to_proto(e: ShareEntry) -> pb.ShareEntry:
+    return pb.ShareEntry(
+        receiver=e.receiver,
+        ciphertext=e.ciphertext,
+        seed_commitment=e.seed_commitment,
+        key_commitment=e.key_commitment,
+        signature=e.signature,
+    )
+
+
+def _entry_from_proto(m: pb.ShareEntry) -> ShareEntry:
+    return ShareEntry(
+        int(m.receiver), m.ciphertext, m.seed_commitment, m.key_commitment, m.signature
+    )
+
+
+def _advertise_to_proto(a: AdvertiseKeys) -> pb.AdvertiseKeys:
+    return pb.AdvertiseKeys(
+        round_id=a.round_id,
+        sender=a.sender,
+        cipher_public_key=a.cipher_public_key,
+        mask_public_key=a.mask_public_key,
+        seed_commitment=a.seed_commitment,
+        inbox_keys=[
+            pb.InboxKey(dealer=k.dealer, public_key=k.public_key, signature=k.signature)
+            for k in a.inbox_keys
+        ],
+        signature=a.signature,
+    )
+
+
+def _advertise_from_proto(m: pb.AdvertiseKeys) -> AdvertiseKeys:
+    return AdvertiseKeys(
+        int(m.round_id),
+        int(m.sender),
+        m.cipher_public_key,
+        m.mask_public_key,
+        m.seed_commitment,
+        tuple(InboxKey(int(k.dealer), k.public_key, k.signature) for k in m.inbox_keys),
+        m.signature,
+    )
+
+
+def complaints_to_proto(complaints: tuple[Complaint, ...]) -> list[pb.Complaint]:
+    return [
+        pb.Complaint(
+            dealer=c.dealer,
+            inbox_private_key=c.inbox_private_key,
+            entry=_entry_to_proto(c.entry),
+        )
+        for c in complaints
+    ]
+
+
+def complaints_from_proto(items: object) -> tuple[Complaint, ...]:
+    return tuple(
+        Complaint(int(c.dealer), c.inbox_private_key, _entry_from_proto(c.entry))
+        for c in items  # type: ignore[attr-defined]
+    )
+
+
 def encode_client_message(
     message: AdvertiseKeys | ShareKeys | ConsistencySignature | UnmaskShares,
 ) -> pb.ClientFrame:
     """Frame a client message (masked inputs go through :func:`masked_input_frames`)."""
     if isinstance(message, AdvertiseKeys):
-        return pb.ClientFrame(
-            advertise_keys=pb.AdvertiseKeys(
-                round_id=message.round_id,
-                sender=message.sender,
-                cipher_public_key=message.cipher_public_key,
-                mask_public_key=message.mask_public_key,
-                signature=message.signature,
-            )
-        )
+        return pb.ClientFrame(advertise_keys=_advertise_to_proto(message))
     if isinstance(message, ShareKeys):
         return pb.ClientFrame(
             share_keys=pb.ShareKeys(
                 round_id=message.round_id,
                 sender=message.sender,
                 session_id=message.session_id,
-                encrypted_shares=_to_pairs(message.encrypted_shares),
+                entries=[_entry_to_proto(e) for e in message.entries],
                 signature=message.signature,
             )
         )
@@ -433,7 +487,7 @@ def encode_client_message(
                 round_id=message.round_id,
                 sender=message.sender,
                 session_id=message.session_id,
-                survivors=list(message.survivors),
+                survivors_digest=message.survivors_digest,
                 signature=message.signature,
             )
         )
@@ -451,12 +505,6 @@ def encode_client_message(
     raise TypeError(f"cannot frame {type(message).__name__}")
 
 
-def _advertise_from_proto(m: pb.AdvertiseKeys) -> AdvertiseKeys:
-    return AdvertiseKeys(
-        int(m.round_id), int(m.sender), m.cipher_public_key, m.mask_public_key, m.signature
-    )
-
-
 def decode_client_message(
     frame: pb.ClientFrame,
 ) -> AdvertiseKeys | ShareKeys | ConsistencySignature | UnmaskShares:
@@ -470,13 +518,13 @@ def decode_client_message(
             int(m.round_id),
             int(m.sender),
             m.session_id,
-            _pairs(m.encrypted_shares, SHARE_CIPHERTEXT_BYTES, "encrypted share"),
+            tuple(_entry_from_proto(e) for e in m.entries),
             m.signature,
         )
     if kind == "consistency_signature":
         c = frame.consistency_signature
         return ConsistencySignature(
-            int(c.round_id), int(c.sender), c.session_id, c.signature, tuple(c.survivors)
+            int(c.round_id), int(c.sender), c.session_id, c.survivors_digest, c.signature
         )
     if kind == "unmask_shares":
         u = frame.unmask_shares
@@ -513,6 +561,7 @@ def masked_input_frames(
             chunk_count=count,
             format=fmt,  # type: ignore[arg-type]
             signature=message.signature,
+            complaints=complaints_to_proto(message.complaints),
         )
     )
 
@@ -586,6 +635,7 @@ class MaskedInputSpool:
         self.party = party
         self.session_id = bytes(header.session_id)
         self.signature = bytes(header.signature)
+        self.complaints = complaints_from_proto(header.complaints)
         self.length = int(header.length)
         self.chunk_words = int(header.chunk_words)
         self.chunk_count = expected_count
@@ -634,7 +684,9 @@ class MaskedInputSpool:
             )
         self._file.close()
         vector = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.length,))
-        return MaskedInput(self.round_id, self.party, self.session_id, vector, self.signature)
+        return MaskedInput(
+            self.round_id, self.party, self.session_id, vector, self.signature, self.complaints
+        )
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -657,14 +709,11 @@ def encode_server_message(message: ServerMessage) -> pb.ServerFrame:
         return pb.ServerFrame(
             key_roster=pb.KeyRoster(
                 round_id=message.round_id,
+                recipient=message.recipient,
+                advertised=message.advertised,
+                # Each neighbour gets only the inbox key meant for it (O(k) bytes per recipient).
                 advertisements=[
-                    pb.AdvertiseKeys(
-                        round_id=a.round_id,
-                        sender=a.sender,
-                        cipher_public_key=a.cipher_public_key,
-                        mask_public_key=a.mask_public_key,
-                        signature=a.signature,
-                    )
+                    _advertise_to_proto(a.for_dealer(message.recipient))
                     for a in message.advertisements
                 ],
             )
@@ -674,7 +723,10 @@ def encode_server_message(message: ServerMessage) -> pb.ServerFrame:
             share_bundle=pb.ShareBundle(
                 round_id=message.round_id,
                 session_id=message.session_id,
-                encrypted_shares=_to_pairs(message.encrypted_shares),
+                senders=list(message.senders),
+                entries=[
+                    pb.DealtEntry(dealer=d, entry=_entry_to_proto(e)) for d, e in message.entries
+                ],
             )
         )
     if isinstance(message, SurvivorsRequest):
@@ -682,7 +734,7 @@ def encode_server_message(message: ServerMessage) -> pb.ServerFrame:
             survivors_request=pb.SurvivorsRequest(
                 round_id=message.round_id,
                 session_id=message.session_id,
-                survivors=list(message.survivors),
+                survivors=message.survivors,
             )
         )
     if isinstance(message, UnmaskRequest):
@@ -690,8 +742,7 @@ def encode_server_message(message: ServerMessage) -> pb.ServerFrame:
             unmask_request=pb.UnmaskRequest(
                 round_id=message.round_id,
                 session_id=message.session_id,
-                survivors=list(message.survivors),
-                dropped=list(message.dropped),
+                survivors_digest=message.survivors_digest,
                 consistency_signatures=_to_pairs(message.consistency_signatures),
             )
         )
@@ -703,24 +754,29 @@ def decode_server_frame(frame: pb.ServerFrame) -> ServerMessage:
     kind = frame.WhichOneof("frame")
     if kind == "key_roster":
         k = frame.key_roster
-        return KeyRoster(int(k.round_id), tuple(_advertise_from_proto(a) for a in k.advertisements))
+        return KeyRoster(
+            int(k.round_id),
+            int(k.recipient),
+            k.advertised,
+            tuple(_advertise_from_proto(a) for a in k.advertisements),
+        )
     if kind == "share_bundle":
         s = frame.share_bundle
         return ShareBundle(
             int(s.round_id),
             s.session_id,
-            _pairs(s.encrypted_shares, SHARE_CIPHERTEXT_BYTES, "encrypted share"),
+            tuple(int(p) for p in s.senders),
+            tuple((int(d.dealer), _entry_from_proto(d.entry)) for d in s.entries),
         )
     if kind == "survivors_request":
         r = frame.survivors_request
-        return SurvivorsRequest(int(r.round_id), r.session_id, tuple(r.survivors))
+        return SurvivorsRequest(int(r.round_id), r.session_id, r.survivors)
     if kind == "unmask_request":
         u = frame.unmask_request
         return UnmaskRequest(
             int(u.round_id),
             u.session_id,
-            tuple(u.survivors),
-            tuple(u.dropped),
+            u.survivors_digest,
             _pairs(u.consistency_signatures, 64, "consistency signature"),
         )
     raise MalformedMessage(f"server frame {kind or 'with no content'} is not a protocol message")

@@ -318,7 +318,7 @@ def test_key_roster_replayed_from_an_earlier_round_is_refused() -> None:
         c.advertise_keys()
     old: KeyRoster = earlier.outbox[1]  # type: ignore[assignment]
     _refuses(r.clients[1], old, ReplayedMessage)
-    relabelled = KeyRoster(4, old.advertised, old.advertisements)
+    relabelled = KeyRoster(4, 2, old.advertised, old.advertisements)
     with pytest.raises((ProtocolError, CryptoError)):
         r.clients[2].receive(relabelled)
     assert r.clients[2].stage is Stage.ABORTED
@@ -363,7 +363,7 @@ def test_clients_with_different_model_digests_cannot_complete_one_round(degree: 
     for p, c in clients.items():
         mine = tuple(ads[v] for v in sorted(r.config.graph.neighbours(p)))
         try:
-            replies[p] = c.receive(KeyRoster(r.config.round_id, everyone, mine))
+            replies[p] = c.receive(KeyRoster(r.config.round_id, p, everyone, mine))
         except (ProtocolError, CryptoError):
             assert c.stage is Stage.ABORTED
     # Each group derives a different session id, so nothing it sends can be combined with the other.
@@ -390,6 +390,6 @@ def test_a_server_splitting_clients_by_model_cannot_reach_threshold_in_the_minor
     target = new_session(r, 5, cfg_b)
     target.advertise_keys()
     with pytest.raises(Exception) as info:
-        target.receive(KeyRoster(r.config.round_id, cfg_b.roster_index.encode({5}), ()))
+        target.receive(KeyRoster(r.config.round_id, 5, cfg_b.roster_index.encode({5}), ()))
     assert target.stage is Stage.ABORTED
     assert "threshold" in str(info.value)

@@ -8,7 +8,7 @@ One bidirectional stream per client per round (Aggregator.Participate):
   client                                   server
   Hello{identity public key}        ->
                                     <-     Welcome{round config, nonce, party id}
-  Join{signature over nonce+config} ->
+  Join{signature over nonce+config} ->     (or Refusal: the site's policy refuses the round)
   AdvertiseKeys                     ->
                                     <-     KeyRoster            (stage advertise_keys closed)
   ShareKeys                         ->
@@ -306,7 +306,38 @@ class Join(_message.Message):
 Global___Join: _TypeAlias = Join  # noqa: Y015
 
 @_typing.final
+class InboxKey(_message.Message):
+    """The X25519 key under which the advertising party receives one dealer's shares (own signature)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEALER_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    dealer: _builtins.int
+    public_key: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        dealer: _builtins.int = ...,
+        public_key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dealer", b"dealer", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxKey: _TypeAlias = InboxKey  # noqa: Y015
+
+@_typing.final
 class AdvertiseKeys(_message.Message):
+    """Sent by a party with one inbox key per neighbour; forwarded to each neighbour with only the
+    inbox key meant for it (the signature covers the other fields).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
@@ -314,11 +345,16 @@ class AdvertiseKeys(_message.Message):
     CIPHER_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     MASK_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    SEED_COMMITMENT_FIELD_NUMBER: _builtins.int
+    INBOX_KEYS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     sender: _builtins.int
     cipher_public_key: _builtins.bytes
     mask_public_key: _builtins.bytes
     signature: _builtins.bytes
+    seed_commitment: _builtins.bytes
+    @_builtins.property
+    def inbox_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___InboxKey]: ...
     def __init__(
         self,
         *,
@@ -327,14 +363,49 @@ class AdvertiseKeys(_message.Message):
         cipher_public_key: _builtins.bytes = ...,
         mask_public_key: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        seed_commitment: _builtins.bytes = ...,
+        inbox_keys: _abc.Iterable[Global___InboxKey] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cipher_public_key", b"cipher_public_key", "mask_public_key", b"mask_public_key", "round_id", b"round_id", "sender", b"sender", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cipher_public_key", b"cipher_public_key", "inbox_keys", b"inbox_keys", "mask_public_key", b"mask_public_key", "round_id", b"round_id", "seed_commitment", b"seed_commitment", "sender", b"sender", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AdvertiseKeys: _TypeAlias = AdvertiseKeys  # noqa: Y015
+
+@_typing.final
+class ShareEntry(_message.Message):
+    """One dealer's encrypted shares for one holder and its commitments to them (own signature)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVER_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    SEED_COMMITMENT_FIELD_NUMBER: _builtins.int
+    KEY_COMMITMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    receiver: _builtins.int
+    ciphertext: _builtins.bytes
+    seed_commitment: _builtins.bytes
+    key_commitment: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        receiver: _builtins.int = ...,
+        ciphertext: _builtins.bytes = ...,
+        seed_commitment: _builtins.bytes = ...,
+        key_commitment: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "key_commitment", b"key_commitment", "receiver", b"receiver", "seed_commitment", b"seed_commitment", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShareEntry: _TypeAlias = ShareEntry  # noqa: Y015
 
 @_typing.final
 class ShareKeys(_message.Message):
@@ -343,15 +414,15 @@ class ShareKeys(_message.Message):
     ROUND_ID_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
-    ENCRYPTED_SHARES_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     sender: _builtins.int
     session_id: _builtins.bytes
     signature: _builtins.bytes
     @_builtins.property
-    def encrypted_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyBytes]:
-        """(receiver, ciphertext), sorted by receiver"""
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShareEntry]:
+        """sorted by receiver"""
 
     def __init__(
         self,
@@ -359,16 +430,44 @@ class ShareKeys(_message.Message):
         round_id: _builtins.int = ...,
         sender: _builtins.int = ...,
         session_id: _builtins.bytes = ...,
-        encrypted_shares: _abc.Iterable[Global___PartyBytes] | None = ...,
         signature: _builtins.bytes = ...,
+        entries: _abc.Iterable[Global___ShareEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "round_id", b"round_id", "sender", b"sender", "session_id", b"session_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "round_id", b"round_id", "sender", b"sender", "session_id", b"session_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShareKeys: _TypeAlias = ShareKeys  # noqa: Y015
+
+@_typing.final
+class Complaint(_message.Message):
+    """A holder's evidence that a dealer's entry is bad: its inbox private key for that dealer only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEALER_FIELD_NUMBER: _builtins.int
+    INBOX_PRIVATE_KEY_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    dealer: _builtins.int
+    inbox_private_key: _builtins.bytes
+    @_builtins.property
+    def entry(self) -> Global___ShareEntry: ...
+    def __init__(
+        self,
+        *,
+        dealer: _builtins.int = ...,
+        inbox_private_key: _builtins.bytes = ...,
+        entry: Global___ShareEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dealer", b"dealer", "entry", b"entry", "inbox_private_key", b"inbox_private_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Complaint: _TypeAlias = Complaint  # noqa: Y015
 
 @_typing.final
 class MaskedInputHeader(_message.Message):
@@ -386,6 +485,7 @@ class MaskedInputHeader(_message.Message):
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    COMPLAINTS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     sender: _builtins.int
     session_id: _builtins.bytes
@@ -394,6 +494,9 @@ class MaskedInputHeader(_message.Message):
     chunk_count: _builtins.int
     format: Global___WordFormat.ValueType
     signature: _builtins.bytes
+    """covers the vector's digest and the complaints"""
+    @_builtins.property
+    def complaints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Complaint]: ...
     def __init__(
         self,
         *,
@@ -405,10 +508,11 @@ class MaskedInputHeader(_message.Message):
         chunk_count: _builtins.int = ...,
         format: Global___WordFormat.ValueType = ...,
         signature: _builtins.bytes = ...,
+        complaints: _abc.Iterable[Global___Complaint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "chunk_words", b"chunk_words", "format", b"format", "length", b"length", "round_id", b"round_id", "sender", b"sender", "session_id", b"session_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "chunk_words", b"chunk_words", "complaints", b"complaints", "format", b"format", "length", b"length", "round_id", b"round_id", "sender", b"sender", "session_id", b"session_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -448,26 +552,26 @@ class ConsistencySignature(_message.Message):
     ROUND_ID_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
-    SURVIVORS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    SURVIVORS_DIGEST_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     sender: _builtins.int
     session_id: _builtins.bytes
     signature: _builtins.bytes
-    @_builtins.property
-    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    survivors_digest: _builtins.bytes
+    """the digest of the survivor bitmap the server showed"""
     def __init__(
         self,
         *,
         round_id: _builtins.int = ...,
         sender: _builtins.int = ...,
         session_id: _builtins.bytes = ...,
-        survivors: _abc.Iterable[_builtins.int] | None = ...,
         signature: _builtins.bytes = ...,
+        survivors_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id", "sender", b"sender", "session_id", b"session_id", "signature", b"signature", "survivors", b"survivors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id", "sender", b"sender", "session_id", b"session_id", "signature", b"signature", "survivors_digest", b"survivors_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -544,6 +648,44 @@ class RecordLevelStatement(_message.Message):
 Global___RecordLevelStatement: _TypeAlias = RecordLevelStatement  # noqa: Y015
 
 @_typing.final
+class Refusal(_message.Message):
+    """The site's policy refuses the round offered in the Welcome (sent instead of Join; nothing
+    secret has been created). Unsigned: it only tells the operator why the site stays away.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    PARTY_FIELD_NUMBER: _builtins.int
+    PARAMETER_FIELD_NUMBER: _builtins.int
+    OFFERED_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.int
+    party: _builtins.int
+    parameter: _builtins.str
+    offered: _builtins.str
+    required: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.int = ...,
+        party: _builtins.int = ...,
+        parameter: _builtins.str = ...,
+        offered: _builtins.str = ...,
+        required: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offered", b"offered", "parameter", b"parameter", "party", b"party", "reason", b"reason", "required", b"required", "round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refusal: _TypeAlias = Refusal  # noqa: Y015
+
+@_typing.final
 class ClientFrame(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -556,6 +698,7 @@ class ClientFrame(_message.Message):
     CONSISTENCY_SIGNATURE_FIELD_NUMBER: _builtins.int
     UNMASK_SHARES_FIELD_NUMBER: _builtins.int
     RECORD_LEVEL_STATEMENT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -574,6 +717,8 @@ class ClientFrame(_message.Message):
     def unmask_shares(self) -> Global___UnmaskShares: ...
     @_builtins.property
     def record_level_statement(self) -> Global___RecordLevelStatement: ...
+    @_builtins.property
+    def refusal(self) -> Global___Refusal: ...
     def __init__(
         self,
         *,
@@ -586,12 +731,13 @@ class ClientFrame(_message.Message):
         consistency_signature: Global___ConsistencySignature | None = ...,
         unmask_shares: Global___UnmaskShares | None = ...,
         record_level_statement: Global___RecordLevelStatement | None = ...,
+        refusal: Global___Refusal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "record_level_statement", b"record_level_statement", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "record_level_statement", b"record_level_statement", "refusal", b"refusal", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "record_level_statement", b"record_level_statement", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertise_keys", b"advertise_keys", "consistency_signature", b"consistency_signature", "frame", b"frame", "hello", b"hello", "join", b"join", "masked_input_chunk", b"masked_input_chunk", "masked_input_header", b"masked_input_header", "record_level_statement", b"record_level_statement", "refusal", b"refusal", "share_keys", b"share_keys", "unmask_shares", b"unmask_shares"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "join", "advertise_keys", "share_keys", "masked_input_header", "masked_input_chunk", "consistency_signature", "unmask_shares", "record_level_statement"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["hello", "join", "advertise_keys", "share_keys", "masked_input_header", "masked_input_chunk", "consistency_signature", "unmask_shares", "record_level_statement", "refusal"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
@@ -638,11 +784,21 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
 class KeyRoster(_message.Message):
+    """Party sets are roster bitmaps: bit i (little-endian within each byte) is the i-th roster party
+    in ascending order.
+
+    For one recipient: who advertised (U1) and its advertising neighbours' advertisements.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
     ADVERTISEMENTS_FIELD_NUMBER: _builtins.int
+    ADVERTISED_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
+    advertised: _builtins.bytes
+    recipient: _builtins.int
     @_builtins.property
     def advertisements(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdvertiseKeys]: ...
     def __init__(
@@ -650,38 +806,67 @@ class KeyRoster(_message.Message):
         *,
         round_id: _builtins.int = ...,
         advertisements: _abc.Iterable[Global___AdvertiseKeys] | None = ...,
+        advertised: _builtins.bytes = ...,
+        recipient: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertisements", b"advertisements", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertised", b"advertised", "advertisements", b"advertisements", "recipient", b"recipient", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyRoster: _TypeAlias = KeyRoster  # noqa: Y015
 
 @_typing.final
+class DealtEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEALER_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    dealer: _builtins.int
+    @_builtins.property
+    def entry(self) -> Global___ShareEntry: ...
+    def __init__(
+        self,
+        *,
+        dealer: _builtins.int = ...,
+        entry: Global___ShareEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dealer", b"dealer", "entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DealtEntry: _TypeAlias = DealtEntry  # noqa: Y015
+
+@_typing.final
 class ShareBundle(_message.Message):
+    """For one recipient: its neighbours that shared keys (U2) and the entries they dealt it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
-    ENCRYPTED_SHARES_FIELD_NUMBER: _builtins.int
+    SENDERS_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     session_id: _builtins.bytes
     @_builtins.property
-    def encrypted_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyBytes]:
-        """(sender, ciphertext)"""
-
+    def senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DealtEntry]: ...
     def __init__(
         self,
         *,
         round_id: _builtins.int = ...,
         session_id: _builtins.bytes = ...,
-        encrypted_shares: _abc.Iterable[Global___PartyBytes] | None = ...,
+        senders: _abc.Iterable[_builtins.int] | None = ...,
+        entries: _abc.Iterable[Global___DealtEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["encrypted_shares", b"encrypted_shares", "round_id", b"round_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "round_id", b"round_id", "senders", b"senders", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,14 +881,14 @@ class SurvivorsRequest(_message.Message):
     SURVIVORS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     session_id: _builtins.bytes
-    @_builtins.property
-    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    survivors: _builtins.bytes
+    """U3 as a roster bitmap; its digest is what survivors sign"""
     def __init__(
         self,
         *,
         round_id: _builtins.int = ...,
         session_id: _builtins.bytes = ...,
-        survivors: _abc.Iterable[_builtins.int] | None = ...,
+        survivors: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -715,19 +900,17 @@ Global___SurvivorsRequest: _TypeAlias = SurvivorsRequest  # noqa: Y015
 
 @_typing.final
 class UnmaskRequest(_message.Message):
+    """For one recipient: the survivor digest and the consistency signatures of its share holders."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
-    SURVIVORS_FIELD_NUMBER: _builtins.int
-    DROPPED_FIELD_NUMBER: _builtins.int
     CONSISTENCY_SIGNATURES_FIELD_NUMBER: _builtins.int
+    SURVIVORS_DIGEST_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     session_id: _builtins.bytes
-    @_builtins.property
-    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    survivors_digest: _builtins.bytes
     @_builtins.property
     def consistency_signatures(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyBytes]: ...
     def __init__(
@@ -735,13 +918,12 @@ class UnmaskRequest(_message.Message):
         *,
         round_id: _builtins.int = ...,
         session_id: _builtins.bytes = ...,
-        survivors: _abc.Iterable[_builtins.int] | None = ...,
-        dropped: _abc.Iterable[_builtins.int] | None = ...,
         consistency_signatures: _abc.Iterable[Global___PartyBytes] | None = ...,
+        survivors_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_signatures", b"consistency_signatures", "dropped", b"dropped", "round_id", b"round_id", "session_id", b"session_id", "survivors", b"survivors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_signatures", b"consistency_signatures", "round_id", b"round_id", "session_id", b"session_id", "survivors_digest", b"survivors_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

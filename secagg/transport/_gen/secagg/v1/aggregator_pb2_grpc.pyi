@@ -8,7 +8,7 @@ One bidirectional stream per client per round (Aggregator.Participate):
   client                                   server
   Hello{identity public key}        ->
                                     <-     Welcome{round config, nonce, party id}
-  Join{signature over nonce+config} ->
+  Join{signature over nonce+config} ->     (or Refusal: the site's policy refuses the round)
   AdvertiseKeys                     ->
                                     <-     KeyRoster            (stage advertise_keys closed)
   ShareKeys                         ->
