@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from secagg.crypto import IdentityKey, random_seed, uniform_floats
+from secagg.crypto import IdentityKey, RandomSource, random_seed, uniform_floats
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError, CryptoError, ProtocolError
 from secagg.protocol import (
@@ -65,6 +65,7 @@ def run_round(
     server: ServerSession | None = None,
     policy: SitePolicy | Mapping[int, SitePolicy] | None = None,
     ledgers: Mapping[int, SiteLedger] | None = None,
+    rng: RandomSource | None = None,
 ) -> AggregateResult:
     """Run one round over already-encoded inputs; raise RoundAborted if it cannot complete.
 
@@ -72,6 +73,8 @@ def run_round(
     round, say); by default one is created. ``policy`` is every site's policy (or one per party);
     by default the strict one pinned to ``config.roster``: a site refuses (PolicyViolation) a
     round its policy does not accept. ``ledgers`` collect each site's events (default: in memory).
+    ``rng`` feeds every client's keys, seeds, shares and nonces (default: the OS CSPRNG); a
+    :class:`~secagg.crypto.DeterministicRandom` replays a round bit for bit (tests only).
     """
     schedule = _normalise_schedule(dropouts)
     if set(encoded_inputs) - set(config.roster):
@@ -86,6 +89,7 @@ def run_round(
             encoded_inputs[p],
             policy=policies[p],
             ledger=books.setdefault(p, MemoryLedger()),
+            rng=rng,
         )
         for p in sorted(encoded_inputs)
     }

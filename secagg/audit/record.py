@@ -51,7 +51,7 @@ __all__ = [
     "build_record",
 ]
 
-RECORD_SCHEMA: Final = "secagg.audit.round-record/1"
+RECORD_SCHEMA: Final = "secagg.audit.round-record/2"
 """Schema identifier carried by every record; readers refuse any other."""
 
 GENESIS_HASH: Final = bytes(32)
@@ -225,8 +225,8 @@ class RoundRecord:
     config: RecordedConfig
     config_digest: bytes
     session_id: bytes
-    # (party, cipher public key, mask public key, signature), sorted by party
-    advertisements: tuple[tuple[int, bytes, bytes, bytes], ...]
+    # (party, cipher public key, mask public key, seed commitment, signature), sorted by party
+    advertisements: tuple[tuple[int, bytes, bytes, bytes, bytes], ...]
     participants: tuple[tuple[str, tuple[int, ...]], ...]
     dropouts: tuple[tuple[str, tuple[int, ...]], ...]
     survivors: tuple[int, ...]
@@ -235,6 +235,8 @@ class RoundRecord:
     aggregate_digest: bytes | None
     privacy_report: PrivacyReport | None
     aggregator_key: bytes
+    cheaters: tuple[tuple[int, str], ...] = ()
+    """Parties the server proved to have cheated, with the evidence in words."""
     signature: bytes = field(default=bytes(64))
     schema: str = RECORD_SCHEMA
     protocol_version: str = PROTOCOL_VERSION
@@ -257,7 +259,7 @@ class RoundRecord:
             "config_digest": self.config_digest.hex(),
             "session_id": self.session_id.hex(),
             "advertisements": [
-                [p, c.hex(), m.hex(), s.hex()] for p, c, m, s in self.advertisements
+                [p, c.hex(), m.hex(), k.hex(), s.hex()] for p, c, m, k, s in self.advertisements
             ],
             "participants": {s: list(ps) for s, ps in self.participants},
             "dropouts": {s: list(ps) for s, ps in self.dropouts},
@@ -271,6 +273,7 @@ class RoundRecord:
             if self.privacy_report is None
             else self.privacy_report.to_dict(),
             "aggregator_key": self.aggregator_key.hex(),
+            "cheaters": [[p, why] for p, why in self.cheaters],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -326,14 +329,17 @@ class RoundRecord:
             raise _fail("field 'created_at' is not an ISO-8601 timestamp") from None
         ads = []
         for item in _list(d["advertisements"], "advertisements"):
-            if not (isinstance(item, list) and len(item) == 4):
-                raise _fail("field 'advertisements' must hold [party, cipher, mask, sig] entries")
+            if not (isinstance(item, list) and len(item) == 5):
+                raise _fail(
+                    "field 'advertisements' must hold [party, cipher, mask, commitment, sig]"
+                )
             ads.append(
                 (
                     item[0],
                     _hex(item[1], "advertisements cipher key", 32),
                     _hex(item[2], "advertisements mask key", 32),
-                    _hex(item[3], "advertisements signature", 64),
+                    _hex(item[3], "advertisements seed commitment", 32),
+                    _hex(item[4], "advertisements signature", 64),
                 )
             )
         _party_list([a[0] for a in ads], "advertisements parties")
@@ -344,6 +350,12 @@ class RoundRecord:
             except (ConfigError, KeyError, TypeError, ValueError) as exc:
                 raise _fail(f"invalid privacy report: {exc}") from None
         agg = d["aggregate_digest"]
+        cheaters = []
+        for item in _list(d["cheaters"], "cheaters"):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], str)):
+                raise _fail("field 'cheaters' must hold [party, reason] entries")
+            cheaters.append((item[0], item[1][:_MAX_TEXT]))
+        _party_list([c[0] for c in cheaters], "cheaters parties")
         return cls(
             schema=RECORD_SCHEMA,
             protocol_version=PROTOCOL_VERSION,
@@ -368,6 +380,7 @@ class RoundRecord:
             aggregate_digest=None if agg is None else _hex(agg, "aggregate_digest", 32),
             privacy_report=report,
             aggregator_key=_hex(d["aggregator_key"], "aggregator_key", 32),
+            cheaters=tuple(cheaters),
             signature=_hex(d["signature"], "signature", 64),
         )
 
@@ -423,6 +436,7 @@ _RECORD_KEYS: Final = (
     "aggregate_digest",
     "privacy_report",
     "aggregator_key",
+    "cheaters",
     "signature",
 )
 
@@ -493,7 +507,7 @@ def build_record(
         config_digest=cfg.digest,
         session_id=t.session_id,
         advertisements=tuple(
-            (a.sender, a.cipher_public_key, a.mask_public_key, a.signature)
+            (a.sender, a.cipher_public_key, a.mask_public_key, a.seed_commitment, a.signature)
             for a in t.advertisements
         ),
         participants=tuple(participants),
@@ -504,5 +518,6 @@ def build_record(
         aggregate_digest=aggregate_digest(server.result.total, cfg.bits) if completed else None,
         privacy_report=privacy_report,
         aggregator_key=aggregator_key.public_key.to_bytes(),
+        cheaters=tuple(sorted(t.cheaters.items())),
     )
     return record.signed_by(aggregator_key)

@@ -7,10 +7,11 @@ For every record, in order, the verifier checks:
    points at :data:`~secagg.audit.record.GENESIS_HASH`): no record removed, inserted or reordered;
 3. the aggregator key named in the record is the pinned one, and its signature verifies;
 4. the configuration recomputes to ``config_digest`` (roster keys included);
-5. every advertisement is signed by its sender's roster key, and the advertised keys recompute to
+5. every advertisement is signed by its sender's roster key, and the advertising parties recompute
    ``session_id``;
-6. every consistency signature is by a survivor in the roster, over the recorded survivor set,
-   this round, config and session, and a completed round shows at least ``threshold`` of them;
+6. every consistency signature is by a survivor in the roster, over the digest of the recorded
+   survivor set, this round, config and session, and a completed round shows at least
+   ``threshold`` of them;
 7. the outcome is coherent (a completed round has an aggregate digest, its survivors are the
    masked-input senders, a dropped party never counts as a survivor), and the privacy report, if
    any, is for this round.
@@ -37,6 +38,7 @@ from secagg.protocol.messages import (
     Stage,
     compute_session_id,
     signing_context,
+    survivors_digest,
     survivors_payload,
 )
 
@@ -91,23 +93,26 @@ def _check_advertisements(record: RoundRecord, config: RoundConfig) -> None:
         if record.session_id:
             raise _Problem("a session id is recorded without the advertisements it hashes")
         return
-    ads = []
-    for party, cipher, mask, sig in record.advertisements:
+    for party, cipher, mask, commitment, sig in record.advertisements:
         if party not in config.roster:
             raise _Problem(f"advertisement of party {party}, which is not in the roster")
         try:
-            ad = AdvertiseKeys(record.round_id, party, cipher, mask, sig)
+            ad = AdvertiseKeys(record.round_id, party, cipher, mask, commitment, (), sig)
             ad.verify(config.roster[party], config.digest)
         except (InvalidSignature, MalformedMessage):
             raise _Problem(f"the advertisement of party {party} is not signed by it") from None
-        ads.append(ad)
-    if record.session_id and compute_session_id(config.digest, ads) != record.session_id:
-        raise _Problem("session_id does not match the advertised keys and config digest")
+    advertised = config.roster_index.encode(a[0] for a in record.advertisements)
+    if record.session_id and compute_session_id(config.digest, advertised) != record.session_id:
+        raise _Problem("session_id does not match the advertised parties and config digest")
 
 
 def _check_consistency(record: RoundRecord, config: RoundConfig) -> None:
     survivors = set(record.survivors)
-    payload = survivors_payload(record.survivors)
+    try:
+        bitmap = config.roster_index.encode(survivors)
+    except MalformedMessage:
+        raise _Problem("a survivor is not in the roster") from None
+    payload = survivors_payload(survivors_digest(record.session_id, bitmap))
     for signer, signature in record.consistency_signatures:
         if signer not in survivors or signer not in config.roster:
             raise _Problem(f"consistency signature of party {signer}, which is not a survivor")

@@ -66,7 +66,7 @@ def make_chain(rounds: int = 3, n: int = 5) -> Chain:
         config = RoundConfig(
             round_id=round_id,
             roster={p: k.public_key for p, k in identities.items()},
-            threshold=3,
+            threshold=4,
             vector_length=6,
             context_digest=b"model-digest-%d" % round_id,
         )

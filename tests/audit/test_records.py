@@ -24,7 +24,8 @@ from secagg.audit import (
 )
 from secagg.crypto import IdentityKey
 from secagg.protocol import Stage
-from secagg.protocol.messages import signing_context, survivors_payload
+from secagg.protocol.messages import signing_context, survivors_digest, survivors_payload
+from secagg.protocol.partyset import RosterIndex
 
 from ..protocol.harness import make_round
 from .conftest import Chain, make_chain
@@ -63,8 +64,9 @@ def test_consistency_signatures_in_a_record_verify_with_the_roster_keys(chain3: 
             record.session_id,
             signer,
         )
+        bitmap = RosterIndex([p for p, _ in record.config.roster]).encode(record.survivors)
         chain3.identities[signer].public_key.verify(
-            sig, context, survivors_payload(record.survivors)
+            sig, context, survivors_payload(survivors_digest(record.session_id, bitmap))
         )
 
 
@@ -79,7 +81,7 @@ def test_aborted_record_names_the_stage_and_has_no_aggregate(chain3: Chain) -> N
 
 
 def test_aggregate_digest_commits_to_the_sum() -> None:
-    r = make_round(4, vector_length=5)
+    r = make_round(4, threshold=4, vector_length=5)
     from secagg.simulate import run_round
 
     result = run_round(r.config, r.identities, r.inputs)
@@ -118,7 +120,7 @@ def test_any_changed_byte_is_rejected(chain3: Chain, data: st.DataObject) -> Non
     [
         ('"epsilon_cumulative":0.5', '"epsilon_cumulative":0.4'),  # privacy spent understated
         ('"survivors":[1,3,4,5]', '"survivors":[1,3,4]'),
-        ('"threshold":3', '"threshold":2'),
+        ('"threshold":4', '"threshold":2'),
     ],
 )
 def test_semantic_edits_are_rejected(chain3: Chain, old: str, new: str) -> None:
@@ -203,8 +205,8 @@ def test_record_with_another_roster_key_fails_the_config_digest(chain3: Chain) -
 
 def test_record_with_a_swapped_advertised_key_fails(chain3: Chain) -> None:
     record = chain3.chain.records[0]
-    p, c, m, s = record.advertisements[0]
-    ads = ((p, m, c, s), *record.advertisements[1:])
+    p, c, m, k, s = record.advertisements[0]
+    ads = ((p, m, c, k, s), *record.advertisements[1:])
     bad = dataclasses.replace(record, advertisements=ads).signed_by(chain3.aggregator)
     problems = verify_chain([bad], aggregator_key=chain3.aggregator.public_key).problems
     assert any("advertisement of party 1" in p for p in problems)
@@ -269,7 +271,7 @@ def test_privacy_report_of_another_round_is_refused(chain3: Chain) -> None:
         "{}",
         '{"schema":"secagg.audit.round-record/2"}',
         "NaN",
-        '{"schema":"secagg.audit.round-record/1","x":Infinity}',
+        '{"schema":"secagg.audit.round-record/2","x":Infinity}',
         "\u00e9",
         "[" * 100_000,
     ],

@@ -15,6 +15,7 @@ from secagg.crypto.kdf import (
     PURPOSE_PAIRWISE_MASK,
     PURPOSE_ROUNDING,
     PURPOSE_SHARE_AEAD,
+    PURPOSE_SHARE_INBOX,
     PURPOSES,
     derive_key,
 )
@@ -28,6 +29,7 @@ def test_purpose_inventory_is_pinned() -> None:
     assert {p: p for p in PURPOSES} == {
         PURPOSE_PAIRWISE_MASK: "pairwise-mask",
         PURPOSE_SHARE_AEAD: "share-aead",
+        PURPOSE_SHARE_INBOX: "share-inbox",
         PURPOSE_GRAPH: "neighbour-graph",
         PURPOSE_ROUNDING: "stochastic-rounding",
         PURPOSE_NOISE: "dp-noise",

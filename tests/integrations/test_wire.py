@@ -8,7 +8,14 @@ import pytest
 from secagg import wire
 from secagg.crypto import IdentityKey
 from secagg.errors import MalformedMessage
-from secagg.protocol import ClientSession, MaskedInput, RoundConfig, ServerSession
+from secagg.protocol import (
+    ClientSession,
+    MaskedInput,
+    MemoryLedger,
+    RoundConfig,
+    ServerSession,
+    SitePolicy,
+)
 
 
 def _round(bits: int, m: int = 37) -> tuple[RoundConfig, dict[int, ClientSession], ServerSession]:
@@ -16,11 +23,17 @@ def _round(bits: int, m: int = 37) -> tuple[RoundConfig, dict[int, ClientSession
     cfg = RoundConfig(
         round_id=9,
         roster={p: k.public_key for p, k in ids.items()},
-        threshold=3,
+        threshold=4,
         vector_length=m,
         bits=bits,
     )
-    clients = {p: ClientSession(cfg, p, ids[p], np.full(m, p, dtype=np.uint32)) for p in ids}
+    policy = SitePolicy(roster=cfg.roster)
+    clients = {
+        p: ClientSession(
+            cfg, p, ids[p], np.full(m, p, dtype=np.uint32), policy=policy, ledger=MemoryLedger()
+        )
+        for p in ids
+    }
     return cfg, clients, ServerSession(cfg)
 
 

@@ -8,14 +8,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from secagg.crypto import DeterministicRandom
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import OverflowRiskError, RoundAborted
-from secagg.protocol import ACTIVE_STAGES, Stage
+from secagg.protocol import ACTIVE_STAGES, AdversaryClass, ServerSession, SitePolicy, Stage
 from secagg.simulate import run_round, simulate
 
 from ..protocol.harness import make_round
 
 NEVER = len(ACTIVE_STAGES)  # "drops at stage index 5" means the party never drops
+# These properties are about the mechanics at *any* threshold, so the simulated sites accept any
+# (a relaxed policy, by name); tests/protocol/test_site_policy.py covers which ones are safe.
+CURIOUS = SitePolicy(roster=None, adversary=AdversaryClass.CURIOUS_SERVER, corrupt_fraction=0)
+
+
+def _play(r, schedule, seed):
+    """The round of ``r``, replayable from ``seed`` (every random draw of every client)."""
+    return run_round(
+        r.config,
+        r.identities,
+        r.inputs,
+        dropouts=schedule,
+        policy=r.clients[1].policy,
+        rng=DeterministicRandom.from_int(seed),
+    )
 
 
 @st.composite
@@ -45,10 +61,10 @@ def test_full_graph_round_sums_survivors_exactly_or_aborts_at_the_first_short_st
     schedule = _schedule(drop_stage)
     if short:
         with pytest.raises(RoundAborted) as info:
-            run_round(r.config, r.identities, r.inputs, dropouts=schedule)
+            _play(r, schedule, seed)
         assert info.value.stage == ACTIVE_STAGES[short[0]].value
         return
-    result = run_round(r.config, r.identities, r.inputs, dropouts=schedule)
+    result = _play(r, schedule, seed)
     # Parties that dropped before sending their masked input are out; later dropouts stay in.
     expected_survivors = tuple(p for p, d in enumerate(drop_stage, start=1) if d > 2)
     assert result.survivors == expected_survivors
@@ -73,7 +89,7 @@ def test_secagg_plus_round_sums_survivors_exactly_or_aborts_with_a_named_stage(c
     r = make_round(n, threshold=t, vector_length=m, degree=k, seed=seed)
     schedule = _schedule(drop_stage)
     try:
-        result = run_round(r.config, r.identities, r.inputs, dropouts=schedule)
+        result = _play(r, schedule, seed)
     except RoundAborted as exc:
         assert exc.stage in {s.value for s in ACTIVE_STAGES}
         assert any(d < NEVER for d in drop_stage), "a round without dropouts must complete"
@@ -94,7 +110,9 @@ def test_decoded_sum_is_within_the_quantisation_bound(n, m, clip, bits, seed):
     rng = np.random.default_rng(seed)
     inputs = rng.uniform(-1.5 * clip, 1.5 * clip, size=(n, m))
     try:
-        out = simulate(list(inputs), clip=clip, bits=bits, threshold=max(2, n // 2 + 1))
+        out = simulate(
+            list(inputs), clip=clip, bits=bits, threshold=max(2, n // 2 + 1), policy=CURIOUS
+        )
     except OverflowRiskError:
         assert bits == 16 and n > 1000  # never: 16 bits always fit 30 clients at some scale
         raise
@@ -120,7 +138,11 @@ def test_weighted_round_gives_the_weighted_average_of_the_survivors(n, m, seed):
     weights = rng.uniform(0, 1, size=n)
     drop = {n} if n > 3 else set()
     out = simulate(
-        list(inputs), weights=list(weights), threshold=2, dropouts={Stage.MASKED_INPUT: drop}
+        list(inputs),
+        weights=list(weights),
+        threshold=2,
+        dropouts={Stage.MASKED_INPUT: drop},
+        policy=CURIOUS,
     )
     alive = [p - 1 for p in out.survivors]
     expected_weight = weights[alive].sum()
@@ -128,3 +150,24 @@ def test_weighted_round_gives_the_weighted_average_of_the_survivors(n, m, seed):
     assert abs(out.total_weight - expected_weight) <= n * out.encoding.resolution
     expected = (weights[alive, None] * inputs[alive]).sum(axis=0)
     assert np.max(np.abs(out.aggregate - expected)) <= n * out.encoding.resolution
+
+
+def test_a_round_replays_bit_for_bit_from_its_randomness_source():
+    r = make_round(5, threshold=3, vector_length=8, seed=1)
+
+    def keys(seed: int) -> tuple[bytes, ...]:
+        server = ServerSession(r.config)
+        run_round(
+            r.config,
+            r.identities,
+            r.inputs,
+            dropouts={Stage.MASKED_INPUT: {2}},
+            server=server,
+            policy=r.clients[1].policy,
+            rng=DeterministicRandom.from_int(seed),
+        )
+        return tuple(
+            a.mask_public_key + a.seed_commitment for a in server.transcript().advertisements
+        )
+
+    assert keys(42) == keys(42) != keys(43)

@@ -18,7 +18,15 @@ from secagg.errors import (
     UnexpectedMessage,
     UnknownParty,
 )
-from secagg.protocol import ACTIVE_STAGES, ClientSession, MaskedInput, ServerSession, Stage
+from secagg.protocol import (
+    ACTIVE_STAGES,
+    ClientSession,
+    MaskedInput,
+    MemoryLedger,
+    ServerSession,
+    SitePolicy,
+    Stage,
+)
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport.codec import (
     MaskedInputSpool,
@@ -41,7 +49,7 @@ def _params(n: int = 3, round_id: int = 7) -> tuple[RoundParameters, dict[int, I
     params = RoundParameters.create(
         round_id=round_id,
         roster={p: k.public_key for p, k in ids.items()},
-        threshold=2,
+        threshold=n,
         vector_length=M,
         encoding=FixedPointEncoding.for_clients(clip=1.0, max_clients=n),
         deadlines={s: 1.0 for s in ACTIVE_STAGES},
@@ -65,7 +73,11 @@ def test_a_full_round_through_the_codec_sums_exactly(tmp_path: pathlib.Path) -> 
     assert again.config.digest == params.config.digest
     cfg = params.config
     inputs = {p: np.arange(M, dtype=np.uint32) * p for p in ids}
-    clients = {p: ClientSession(again.config, p, ids[p], inputs[p]) for p in ids}
+    policy = SitePolicy(roster=cfg.roster, context_digest=cfg.context_digest)
+    clients = {
+        p: ClientSession(again.config, p, ids[p], inputs[p], policy=policy, ledger=MemoryLedger())
+        for p in ids
+    }
     server = ServerSession(cfg)
     wire = lambda m: decode_client_message(  # noqa: E731
         pb.ClientFrame.FromString(encode_client_message(m).SerializeToString())
@@ -101,11 +113,11 @@ def test_a_full_round_through_the_codec_sums_exactly(tmp_path: pathlib.Path) -> 
 
 def _masked(tmp_path: pathlib.Path) -> tuple[RoundParameters, MaskedInput, pb.MaskedInputHeader]:
     params, ids = _params()
-    masked = MaskedInput.create(
+    masked = MaskedInput.signed(
         ids[1],
+        params.config.digest,
         round_id=7,
         sender=1,
-        config_digest=params.config.digest,
         session_id=bytes(32),
         masked_vector=np.arange(M, dtype=np.uint32),
     )
@@ -183,7 +195,7 @@ def test_config_from_the_server_must_match_its_digests():
     with pytest.raises(MalformedMessage, match="context digest"):
         RoundParameters.from_proto(msg)
     msg = params.to_proto()
-    msg.threshold = 3
+    msg.threshold = 2
     with pytest.raises(MalformedMessage, match="config digest"):
         RoundParameters.from_proto(msg)
 
@@ -203,17 +215,17 @@ def test_join_signature_binds_nonce_config_round_and_party():
             verify_join(ids[1].public_key, sig, *args)
 
 
-def test_share_ciphertexts_of_the_wrong_size_are_malformed():
+def test_share_entries_of_the_wrong_size_are_malformed():
     frame = pb.ClientFrame(
         share_keys=pb.ShareKeys(
             round_id=1,
             sender=1,
             session_id=bytes(32),
-            encrypted_shares=[pb.PartyBytes(party=2, value=b"x")],
+            entries=[pb.ShareEntry(receiver=2, ciphertext=b"x")],
             signature=bytes(64),
         )
     )
-    with pytest.raises(MalformedMessage, match="encrypted share"):
+    with pytest.raises(MalformedMessage, match="share ciphertext"):
         decode_client_message(frame)
     with pytest.raises(MalformedMessage):
         decode_client_message(pb.ClientFrame())
@@ -252,11 +264,11 @@ def test_packed_chunks_round_trip_through_the_spool_when_the_kernels_offer_them(
         deadlines={s: 1.0 for s in ACTIVE_STAGES},
     )
     vector = np.random.default_rng(0).integers(0, 2**20, size=1003, dtype=np.uint32)
-    masked = MaskedInput.create(
+    masked = MaskedInput.signed(
         ids[1],
+        params.config.digest,
         round_id=1,
         sender=1,
-        config_digest=params.config.digest,
         session_id=bytes(32),
         masked_vector=vector,
     )
