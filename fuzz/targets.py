@@ -26,15 +26,18 @@ from secagg.crypto import IdentityKey
 from secagg.errors import SecAggError
 from secagg.protocol import (
     ACTIVE_STAGES,
+    AdversaryClass,
     AdvertiseKeys,
     ClientSession,
     ConsistencySignature,
     KeyRoster,
     MaskedInput,
+    MemoryLedger,
     RoundConfig,
     ServerSession,
     ShareBundle,
     ShareKeys,
+    SitePolicy,
     Stage,
     SurvivorsRequest,
     UnmaskRequest,
@@ -172,6 +175,28 @@ def _world(n: int, threshold: int, degree: int | None, length: int) -> _World:
     return _World(config, identities, inputs)
 
 
+def _policy(config: RoundConfig) -> SitePolicy:
+    # The fuzzer explores every threshold, so its sites accept any (a relaxed policy, by name).
+    return SitePolicy(
+        roster=config.roster, adversary=AdversaryClass.CURIOUS_SERVER, corrupt_fraction=0
+    )
+
+
+def _clients(world: _World) -> dict[int, ClientSession]:
+    cfg = world.config
+    return {
+        p: ClientSession(
+            cfg,
+            p,
+            world.identities[p],
+            world.inputs[p],
+            policy=_policy(cfg),
+            ledger=MemoryLedger(),
+        )
+        for p in cfg.roster
+    }
+
+
 @st.composite
 def _round_params(draw: st.DrawFn) -> tuple[int, int, int | None, int]:
     n = draw(st.integers(3, 7))
@@ -191,7 +216,7 @@ def _check_sessions(case: tuple[tuple[int, int, int | None, int], int, float]) -
     world = _world(n, threshold, degree, length)
     cfg = world.config
     rng = random.Random(seed)
-    clients = {p: ClientSession(cfg, p, world.identities[p], world.inputs[p]) for p in cfg.roster}
+    clients = _clients(world)
     server = ServerSession(cfg)
     tainted: set[int] = (
         set()
@@ -302,6 +327,7 @@ def _sample_chain() -> tuple[list[str], Any]:
             aggregator_key=key,
             dropouts={Stage.MASKED_INPUT: {4}},
             created_at="2026-11-03T10:15:00+00:00",
+            policy=_policy(world.config),
         )
         world = dataclasses.replace(world, config=dataclasses.replace(world.config, round_id=6))
     return [r.to_json() for r in chain], key.public_key
@@ -398,10 +424,7 @@ def _codec_frames() -> list[tuple[str, bytes]]:
     from secagg.transport.codec import encode_client_message, encode_server_message
 
     world = _world(4, 3, None, 3)
-    clients = {
-        p: ClientSession(world.config, p, world.identities[p], world.inputs[p])
-        for p in world.config.roster
-    }
+    clients = _clients(world)
     server = ServerSession(world.config)
     frames: list[tuple[str, bytes]] = []
     for c in clients.values():

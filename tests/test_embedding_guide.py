@@ -23,6 +23,6 @@ def test_embedding_guide_example_sums_the_survivors() -> None:
     result = namespace["result"]
     total = np.asarray(namespace["total"])
     updates = namespace["updates"]
-    assert result.survivors == (1, 2)  # type: ignore[attr-defined]
-    expected = updates[1] + updates[2]  # type: ignore[index]
+    assert result.survivors == (1, 2, 3, 4)  # type: ignore[attr-defined]
+    expected = sum(updates[p] for p in (1, 2, 3, 4))  # type: ignore[index]
     assert np.max(np.abs(total - expected)) < 1e-6

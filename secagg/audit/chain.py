@@ -17,6 +17,7 @@ from secagg.protocol import (
     AggregateResult,
     RoundConfig,
     ServerSession,
+    SitePolicy,
     Stage,
 )
 from secagg.simulate import run_round
@@ -117,14 +118,18 @@ def run_recorded_round(
     dropouts: Mapping[Stage, set[int] | frozenset[int]] | None = None,
     privacy_report: PrivacyReport | None = None,
     created_at: str | None = None,
+    policy: SitePolicy | None = None,
 ) -> tuple[AggregateResult, RoundRecord]:
     """Like :func:`secagg.simulate.run_round`, and record the round (completed or aborted).
 
     An aborted round is recorded, then :class:`~secagg.errors.RoundAborted` is raised as usual.
+    ``policy``: every simulated site's policy (default: the strict one, pinned to the roster).
     """
     server = ServerSession(config)
     try:
-        result = run_round(config, identities, encoded_inputs, dropouts=dropouts, server=server)
+        result = run_round(
+            config, identities, encoded_inputs, dropouts=dropouts, server=server, policy=policy
+        )
     except RoundAborted:
         record_round(
             server,
