@@ -16,7 +16,7 @@ from typing import Any
 
 from secagg.crypto import IdentityKey
 from secagg.errors import LocalProtocolError
-from secagg.protocol import ClientSession
+from secagg.protocol import ClientSession, SiteLedger, SitePolicy
 from secagg.protocol.client import StateValue
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport.codec import RoundParameters
@@ -34,13 +34,17 @@ def export_client_session(session: ClientSession, params: RoundParameters) -> di
 
 
 def restore_client_session(
-    state: Mapping[str, Any], identity: IdentityKey
+    state: Mapping[str, Any], identity: IdentityKey, *, policy: SitePolicy, ledger: SiteLedger
 ) -> tuple[ClientSession, RoundParameters]:
-    """Rebuild the session saved by :func:`export_client_session` (and its round parameters)."""
+    """Rebuild the session saved by :func:`export_client_session` (and its round parameters).
+
+    The site's ``policy`` is checked again and its ``ledger`` keeps recording.
+    """
     try:
         proto = pb.RoundConfig()
         proto.ParseFromString(bytes(state["params"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise LocalProtocolError(f"the saved client session is unreadable: {exc}") from exc
     params = RoundParameters.from_proto(proto)
-    return ClientSession.restore(params.config, identity, state), params
+    session = ClientSession.restore(params.config, identity, state, policy=policy, ledger=ledger)
+    return session, params

@@ -210,8 +210,23 @@ class SitePolicy:
                 "[policy] context_digest",
             )
         minimum = self.minimum_threshold(config)
+        n = len(config.roster)
+        neighbourhood = n if config.graph.is_full else config.graph.degree + 1
+        if minimum > neighbourhood:
+            needed = next(
+                m
+                for m in range(n + 1, 10 * n + 10)
+                if self.minimum_threshold_for(m, NeighbourGraph.full(range(1, m + 1))) <= m
+            )
+            raise PolicyViolation(
+                "roster size",
+                n,
+                f">= {needed}",
+                f"no threshold is safe for {n} parties under this site's assumptions (it would "
+                f"have to be {minimum}): the aggregator could learn a party's input",
+                "[policy] corrupt_fraction or adversary, or enlarge the consortium",
+            )
         if config.threshold < minimum:
-            n = len(config.roster)
             graph = (
                 "full graph" if config.graph.is_full else f"SecAgg+ degree {config.graph.degree}"
             )

@@ -9,7 +9,15 @@ from secagg.crypto import IdentityKey
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import LocalProtocolError
 from secagg.integrations._session_state import export_client_session, restore_client_session
-from secagg.protocol import ACTIVE_STAGES, ClientSession, ServerSession, Stage
+from secagg.protocol import (
+    ACTIVE_STAGES,
+    AdversaryClass,
+    ClientSession,
+    MemoryLedger,
+    ServerSession,
+    SitePolicy,
+    Stage,
+)
 from secagg.transport.codec import RoundParameters
 
 
@@ -26,8 +34,20 @@ def test_session_restored_before_every_message_completes_the_round() -> None:
     )
     saved = {}
     server = ServerSession(params.config)
+    # Degree 4 among 7 sites is a mechanics test: the sites accept it by a relaxed policy.
+    policy = SitePolicy(
+        roster=params.config.roster, adversary=AdversaryClass.CURIOUS_SERVER, corrupt_fraction=0
+    )
+    ledgers = {p: MemoryLedger() for p in ids}
     for p, key in ids.items():
-        session = ClientSession(params.config, p, key, np.full(50, p, dtype=np.uint32))
+        session = ClientSession(
+            params.config,
+            p,
+            key,
+            np.full(50, p, dtype=np.uint32),
+            policy=policy,
+            ledger=ledgers[p],
+        )
         server.receive(session.advertise_keys())
         saved[p] = export_client_session(session, params)
     outbox = server.close_stage()
@@ -36,7 +56,7 @@ def test_session_restored_before_every_message_completes_the_round() -> None:
         for p, message in outbox.items():
             if p == dropped and server.stage is Stage.MASKED_INPUT:
                 continue
-            session, _ = restore_client_session(saved[p], ids[p])
+            session, _ = restore_client_session(saved[p], ids[p], policy=policy, ledger=ledgers[p])
             server.receive(session.receive(message))
             saved[p] = export_client_session(session, params)
         outbox = server.close_stage()
@@ -55,8 +75,11 @@ def test_restore_refuses_a_state_saved_for_another_round() -> None:
     )
     params = RoundParameters.create(round_id=1, **common)
     other = RoundParameters.create(round_id=2, **common)
-    session = ClientSession(params.config, 1, key, np.zeros(4, dtype=np.uint32))
+    policy = SitePolicy(roster=roster, adversary=AdversaryClass.CURIOUS_SERVER, corrupt_fraction=0)
+    session = ClientSession(
+        params.config, 1, key, np.zeros(4, dtype=np.uint32), policy=policy, ledger=MemoryLedger()
+    )
     state = export_client_session(session, params)
     state["params"] = other.to_proto().SerializeToString()
     with pytest.raises(LocalProtocolError, match="another round config"):
-        restore_client_session(state, key)
+        restore_client_session(state, key, policy=policy, ledger=MemoryLedger())

@@ -310,3 +310,10 @@ def test_dp_floor_refuses_weak_or_missing_noise():
         policy.check_distributed_dp(OfferedDP(1.5, 1.0, 9.0, 1e-5))
     policy.check_distributed_dp(OfferedDP(1.5, 1.0, 7.0, 1e-5))
     SitePolicy(roster=keys).check_distributed_dp(None)  # no floor: DP is optional
+
+
+def test_a_roster_too_small_for_any_safe_threshold_is_refused_with_the_size_needed():
+    keys = {p: IdentityKey.generate().public_key for p in range(1, 3)}
+    with pytest.raises(PolicyViolation, match="no threshold is safe for 2 parties") as info:
+        SitePolicy(roster=keys).check_round(_config(keys))
+    assert info.value.parameter == "roster size" and info.value.required == ">= 3"
