@@ -64,6 +64,8 @@ from secagg.protocol.ledger import (
     SharesRevealed,
     SiteLedger,
     SurvivorsSigned,
+    epsilon_spent,
+    last_round_id,
 )
 from secagg.protocol.masking import apply_masks, pairwise_seed, pairwise_sign
 from secagg.protocol.messages import (
@@ -89,7 +91,7 @@ from secagg.protocol.messages import (
     survivors_digest,
     survivors_payload,
 )
-from secagg.protocol.policy import SitePolicy
+from secagg.protocol.policy import OfferedDP, SitePolicy
 
 __all__ = [
     "STATE_FORMAT",
@@ -190,6 +192,7 @@ class ClientSession:
         *,
         policy: SitePolicy,
         ledger: SiteLedger,
+        dp: OfferedDP | None = None,
         rng: RandomSource | None = None,
     ) -> None:
         if not isinstance(policy, SitePolicy):
@@ -210,6 +213,7 @@ class ClientSession:
         self.party = party
         self.policy = policy
         self._ledger = ledger
+        self._dp = dp
         self._scope = policy.scope(config)
         self._check_policy()
         rng = resolve(rng)
@@ -237,7 +241,8 @@ class ClientSession:
         cfg = self.config
         try:
             self.policy.check_round(cfg)
-            self.policy.check_round_id(cfg, self._ledger.last_round_id(self._scope))
+            self.policy.check_round_id(cfg, last_round_id(self._ledger, self._scope))
+            self.policy.check_distributed_dp(self._dp, epsilon_spent(self._ledger, self._scope))
         except PolicyViolation as exc:
             self._ledger.append(
                 RoundRefused(
@@ -280,7 +285,7 @@ class ClientSession:
             raise LocalProtocolError("advertise_keys() was already called for this round")
         cfg = self.config
         # Re-checked here: another session of this site may have taken this round id meanwhile.
-        self.policy.check_round_id(cfg, self._ledger.last_round_id(self._scope))
+        self.policy.check_round_id(cfg, last_round_id(self._ledger, self._scope))
         context = signing_context(Stage.ADVERTISE_KEYS, cfg.round_id, cfg.digest, b"", self.party)
         inbox = []
         for dealer in sorted(cfg.graph.neighbours(self.party)):
@@ -303,6 +308,8 @@ class ClientSession:
                     f"adversary={p.adversary.value} corrupt_fraction={p.corrupt_fraction:g} "
                     f"dropout_rate={p.dropout_rate:g} security_bits={p.security_bits}"
                 ),
+                dp_epsilon=0.0 if self._dp is None else self._dp.epsilon_per_round,
+                dp_delta=0.0 if self._dp is None else self._dp.delta,
             )
         )
         self._advertised = True
@@ -457,6 +464,7 @@ class ClientSession:
             session.party = int(state["party"])
             session.policy = policy
             session._ledger = ledger
+            session._dp = None
             session._scope = policy.scope(config)
             policy.check_round(config)
             if not bool(state["advertised"]):

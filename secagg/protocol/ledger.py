@@ -15,6 +15,7 @@ aggregator's records with ``secagg audit verify``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -28,7 +29,9 @@ __all__ = [
     "SiteEvent",
     "SiteLedger",
     "SurvivorsSigned",
+    "epsilon_spent",
     "event_from_dict",
+    "last_round_id",
 ]
 
 
@@ -62,6 +65,8 @@ class RoundAccepted(SiteEvent):
     degree: int  # 0 = full graph
     minimum_threshold: int
     policy: str  # the assumptions the minimum was computed from
+    dp_epsilon: float  # the round's site-level epsilon for this site (0 without site-level DP)
+    dp_delta: float
 
 
 @dataclass(frozen=True)
@@ -152,17 +157,29 @@ def event_from_dict(d: dict[str, Any]) -> SiteEvent:
             fields[name] = bytes.fromhex(fields[name])
         elif f.type == "tuple[int, ...]":
             fields[name] = tuple(int(p) for p in fields[name])
+        elif f.type == "float":
+            fields[name] = float(fields[name])
     return cls(**fields)
 
 
 class SiteLedger(Protocol):
     """Where a session records what its site did; durable before :meth:`append` returns."""
 
-    def last_round_id(self, scope: bytes) -> int | None:
-        """The highest round id accepted in ``scope``, or None."""
-
     def append(self, event: SiteEvent) -> None:
         """Record ``event``; raise (any exception) if it could not be recorded."""
+
+    def accepted(self, scope: bytes) -> Sequence[RoundAccepted]:
+        """The rounds accepted in ``scope``, oldest first."""
+
+
+def last_round_id(ledger: SiteLedger, scope: bytes) -> int | None:
+    """The highest round id the site accepted in ``scope`` (None if it never took part)."""
+    return max((e.round_id for e in ledger.accepted(scope)), default=None)
+
+
+def epsilon_spent(ledger: SiteLedger, scope: bytes) -> float:
+    """The site-level epsilon of the rounds accepted in ``scope`` (their sum: basic composition)."""
+    return sum(e.dp_epsilon for e in ledger.accepted(scope))
 
 
 class MemoryLedger:
@@ -170,15 +187,12 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self.events: list[SiteEvent] = []
-        self._last: dict[bytes, int] = {}
-
-    def last_round_id(self, scope: bytes) -> int | None:
-        return self._last.get(scope)
 
     def append(self, event: SiteEvent) -> None:
         self.events.append(event)
-        if isinstance(event, RoundAccepted):
-            self._last[event.scope] = max(event.round_id, self._last.get(event.scope, -1))
+
+    def accepted(self, scope: bytes) -> Sequence[RoundAccepted]:
+        return [e for e in self.events if isinstance(e, RoundAccepted) and e.scope == scope]
 
     def of_kind(self, kind: type[SiteEvent]) -> list[SiteEvent]:
         return [e for e in self.events if isinstance(e, kind)]

@@ -52,13 +52,12 @@ _FINGERPRINT_BYTES = 32
 class OfferedDP:
     """The site-level distributed DP a round offers, as the adapter computed it for this site.
 
-    ``epsilon_per_round`` and ``epsilon_total`` are upper bounds at ``delta`` that already assume
-    the site's own tolerated colluders (see :meth:`SitePolicy.tolerated_corrupt`).
+    ``epsilon_per_round`` is an upper bound at ``delta`` that already assumes the site's own
+    tolerated colluders (see :meth:`SitePolicy.tolerated_corrupt`).
     """
 
     noise_multiplier: float
     epsilon_per_round: float
-    epsilon_total: float
     delta: float
 
 
@@ -114,7 +113,13 @@ class SitePolicy:
     aggregator: str = ""
     dp: DPFloor = field(default_factory=DPFloor)
     min_parties: int = 3
-    """Only for :meth:`unpinned` policies: refuse rosters smaller than this."""
+    """For :meth:`unpinned` and ``roster_subsets`` policies: refuse rosters smaller than this."""
+    roster_subsets: bool = False
+    """Accept a round whose roster is any subset (by identity key, ids may differ) of the pinned
+    one, as when an FL stack samples clients. Weaker by name: the corrupt parties counted are
+    still ``corrupt_fraction`` of the *pinned* roster, so in a small sample they weigh more and the
+    threshold rises accordingly; but the aggregator's choice of sample is also a choice among
+    neighbour graphs."""
 
     def __post_init__(self) -> None:
         if isinstance(self.roster, Mapping):
@@ -138,6 +143,8 @@ class SitePolicy:
             raise ConfigError("[policy] context_digest must be bytes")
         if self.min_parties < 2:
             raise ConfigError("[policy] min_parties must be at least 2")
+        if self.roster_subsets and not isinstance(self.roster, Mapping):
+            raise ConfigError("[policy] roster_subsets needs the pinned roster itself (its keys)")
 
     @classmethod
     def unpinned(cls, *, min_parties: int = 3, **settings: object) -> SitePolicy:
@@ -158,13 +165,21 @@ class SitePolicy:
             return self.roster
         return roster_fingerprint(self.roster)
 
+    def _corrupt_amount(self, n: int) -> float:
+        """The (possibly fractional) number of the round's n parties assumed corrupt: the corrupt
+        fraction of the pinned roster, all of whom may sit in the round."""
+        reference = len(self.roster) if isinstance(self.roster, Mapping) else n
+        return min(self.corrupt_fraction * max(reference, n), n - 1)
+
     def tolerated_corrupt(self, n: int) -> int:
-        """How many of n parties this site assumes may collude with the aggregator."""
-        return math.floor(self.corrupt_fraction * n + 1e-9)
+        """How many of a round's n parties this site assumes may collude with the aggregator."""
+        return math.floor(self._corrupt_amount(n) + 1e-9)
 
     def scope(self, config: RoundConfig) -> bytes:
-        """What round ids are monotonic over: this aggregator label and the round's roster."""
-        return transcript_digest("site-scope", self.aggregator, roster_fingerprint(config.roster))
+        """What round ids are monotonic over: this aggregator label and the pinned roster (the
+        round's roster when nothing is pinned)."""
+        pinned = self.pinned_fingerprint or roster_fingerprint(config.roster)
+        return transcript_digest("site-scope", self.aggregator, pinned)
 
     def minimum_threshold(self, config: RoundConfig) -> int:
         """The smallest t this site accepts for the round's graph (PolicyViolation if none)."""
@@ -173,16 +188,17 @@ class SitePolicy:
     def minimum_threshold_for(self, n: int, graph: NeighbourGraph) -> int:
         """The smallest t this site accepts for ``graph`` over n parties (PolicyViolation if
         the graph itself is unsafe)."""
+        corrupt_fraction = self._corrupt_amount(n) / n
         if graph.is_full:
             return full_graph_minimum_threshold(
-                n, corrupt_fraction=self.corrupt_fraction, adversary=self.adversary
+                n, corrupt_fraction=corrupt_fraction, adversary=self.adversary
             )
         try:
             return sparse_minimum_threshold(
                 n,
                 graph.degree,
                 dropout_rate=self.dropout_rate,
-                corrupt_fraction=self.corrupt_fraction,
+                corrupt_fraction=corrupt_fraction,
                 adversary=self.adversary,
                 security_bits=self.security_bits,
             )
@@ -255,8 +271,13 @@ class SitePolicy:
                 "nothing: an honest aggregator never reuses a round id",
             )
 
-    def check_distributed_dp(self, offered: OfferedDP | None) -> None:
-        """Refuse a round whose site-level DP is below this site's :class:`DPFloor`."""
+    def check_distributed_dp(self, offered: OfferedDP | None, spent: float = 0.0) -> None:
+        """Refuse a round whose site-level DP is below this site's :class:`DPFloor`.
+
+        ``spent``: the site-level epsilon of the rounds this site already took part in; the total
+        is bounded by basic composition (epsilons and deltas add up: Dwork & Roth 2014, Thm. 3.16),
+        a proven upper bound whatever each round's mechanism was.
+        """
         floor = self.dp
         if offered is None:
             if floor.required:
@@ -271,7 +292,7 @@ class SitePolicy:
         checks = (
             ("noise_multiplier", offered.noise_multiplier, floor.min_noise_multiplier, ">="),
             ("epsilon per round", offered.epsilon_per_round, floor.max_epsilon_per_round, "<="),
-            ("epsilon in total", offered.epsilon_total, floor.max_epsilon_total, "<="),
+            ("epsilon in total", spent + offered.epsilon_per_round, floor.max_epsilon_total, "<="),
         )
         for name, value, limit, relation in checks:
             if limit is None:
@@ -302,6 +323,25 @@ class SitePolicy:
         offered = roster_fingerprint(config.roster)
         if offered == pinned:
             return
+        if self.roster_subsets and isinstance(self.roster, Mapping):
+            outsiders = set(config.roster.values()) - set(self.roster.values())
+            if not outsiders and n >= self.min_parties:
+                return
+            if not outsiders:
+                raise PolicyViolation(
+                    "roster size",
+                    n,
+                    f">= {self.min_parties}",
+                    "too few of the pinned parties in this round",
+                    "[policy] min_parties",
+                )
+            raise PolicyViolation(
+                "roster",
+                f"{len(outsiders)} unknown identity keys",
+                "keys of the pinned roster only",
+                "the round holds parties this site does not trust (Sybils?)",
+                "[policy] roster (only if the consortium changed its roster)",
+            )
         detail = "its fingerprint differs from the pinned one"
         if isinstance(self.roster, Mapping):
             extra = sorted(set(config.roster.items()) - set(self.roster.items()))

@@ -305,10 +305,10 @@ def test_dp_floor_refuses_weak_or_missing_noise():
     with pytest.raises(PolicyViolation, match="distributed_dp"):
         policy.check_distributed_dp(None)
     with pytest.raises(PolicyViolation, match="noise_multiplier"):
-        policy.check_distributed_dp(OfferedDP(0.5, 1.0, 1.0, 1e-5))
+        policy.check_distributed_dp(OfferedDP(0.5, 1.0, 1e-5))
     with pytest.raises(PolicyViolation, match="epsilon in total"):
-        policy.check_distributed_dp(OfferedDP(1.5, 1.0, 9.0, 1e-5))
-    policy.check_distributed_dp(OfferedDP(1.5, 1.0, 7.0, 1e-5))
+        policy.check_distributed_dp(OfferedDP(1.5, 1.0, 1e-5), spent=7.5)
+    policy.check_distributed_dp(OfferedDP(1.5, 1.0, 1e-5), spent=6.5)
     SitePolicy(roster=keys).check_distributed_dp(None)  # no floor: DP is optional
 
 
@@ -317,3 +317,37 @@ def test_a_roster_too_small_for_any_safe_threshold_is_refused_with_the_size_need
     with pytest.raises(PolicyViolation, match="no threshold is safe for 2 parties") as info:
         SitePolicy(roster=keys).check_round(_config(keys))
     assert info.value.parameter == "roster size" and info.value.required == ">= 3"
+
+
+def test_the_session_stops_at_the_sites_total_budget():
+    """Basic composition over the site's own ledger: the third round of epsilon 3 passes 8."""
+    r = make_round(5, threshold=4, strict=True)
+    policy = dataclasses.replace(r.clients[1].policy, dp=DPFloor(max_epsilon_total=8.0))
+    ledger = MemoryLedger()
+    offer = OfferedDP(noise_multiplier=1.0, epsilon_per_round=3.0, delta=1e-6)
+    for round_id in (1, 2):
+        cfg = dataclasses.replace(r.config, round_id=round_id)
+        ClientSession(
+            cfg, 1, r.identities[1], r.inputs[1], policy=policy, ledger=ledger, dp=offer
+        ).advertise_keys()
+    cfg = dataclasses.replace(r.config, round_id=3)
+    with pytest.raises(PolicyViolation, match="epsilon in total 9 is not acceptable"):
+        ClientSession(cfg, 1, r.identities[1], r.inputs[1], policy=policy, ledger=ledger, dp=offer)
+
+
+def test_a_sampled_subset_of_the_pinned_roster_counts_the_pinned_corrupt_parties():
+    keys = {p: IdentityKey.generate().public_key for p in range(1, 31)}
+    subsets = SitePolicy(roster=keys, roster_subsets=True)
+    sample = {i: keys[p] for i, p in enumerate((3, 7, 9, 12, 20, 21, 25, 30), start=1)}
+    cfg = RoundConfig(round_id=1, roster=sample, threshold=6, vector_length=4)
+    # 3 of the 30 pinned parties may be corrupt, and all 3 may be in this sample of 8:
+    # t > ceil((8 + 3) / 2) = 6.
+    assert subsets.tolerated_corrupt(8) == 3
+    with pytest.raises(PolicyViolation, match="threshold"):
+        subsets.check_round(cfg)
+    subsets.check_round(dataclasses.replace(cfg, threshold=7))
+    with pytest.raises(PolicyViolation, match="roster"):
+        SitePolicy(roster=keys).check_round(dataclasses.replace(cfg, threshold=7))
+    stranger = {**sample, 9: IdentityKey.generate().public_key}
+    with pytest.raises(PolicyViolation, match="unknown identity keys"):
+        subsets.check_round(RoundConfig(round_id=1, roster=stranger, threshold=8, vector_length=4))
