@@ -22,6 +22,12 @@ from secagg.audit.record import (
     aggregate_digest,
     build_record,
 )
+from secagg.audit.site_ledger import (
+    SITE_LEDGER_SCHEMA,
+    SiteLedgerFile,
+    SiteLedgerReport,
+    read_site_ledger,
+)
 from secagg.audit.verify import ChainReport, verify_chain, verify_records
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "GENESIS_HASH",
     "MAX_RECORD_BYTES",
     "RECORD_SCHEMA",
+    "SITE_LEDGER_SCHEMA",
     "AuditError",
     "AuditLedger",
     "ChainReport",
@@ -37,10 +44,13 @@ __all__ = [
     "RecordSink",
     "RecordedConfig",
     "RoundRecord",
+    "SiteLedgerFile",
+    "SiteLedgerReport",
     "aggregate_digest",
     "build_record",
     "read_jsonl",
     "read_ledger",
+    "read_site_ledger",
     "record_round",
     "run_recorded_round",
     "verify_chain",

@@ -97,6 +97,7 @@ __all__ = [
     "STATE_FORMAT",
     "ClientSession",
     "StateValue",
+    "check_offer",
     "inbox_private_key",
     "open_share_entry",
     "share_associated_data",
@@ -173,6 +174,40 @@ def open_share_entry(
     return seed_share, key_share
 
 
+def check_offer(
+    config: RoundConfig,
+    party: int,
+    *,
+    policy: SitePolicy,
+    ledger: SiteLedger,
+    dp: OfferedDP | None = None,
+) -> None:
+    """Refuse (PolicyViolation, recorded in the ledger) a round the site's policy does not accept.
+
+    A :class:`ClientSession` runs it on construction; transports run it as soon as the round is
+    offered, before the site even computes its update.
+    """
+    scope = policy.scope(config)
+    try:
+        policy.check_round(config)
+        policy.check_round_id(config, last_round_id(ledger, scope))
+        policy.check_distributed_dp(dp, epsilon_spent(ledger, scope))
+    except PolicyViolation as exc:
+        ledger.append(
+            RoundRefused(
+                config.round_id,
+                party,
+                scope=scope,
+                config_digest=config.digest,
+                parameter=exc.parameter,
+                offered=str(exc.offered),
+                required=str(exc.required),
+                reason=exc.reason,
+            )
+        )
+        raise
+
+
 class ClientSession:
     """One client's view of one round."""
 
@@ -237,26 +272,7 @@ class ClientSession:
         self._survivors_digest: bytes | None = None
 
     def _check_policy(self) -> None:
-        """Refuse, before anything can be sent, a round the site's policy does not accept."""
-        cfg = self.config
-        try:
-            self.policy.check_round(cfg)
-            self.policy.check_round_id(cfg, last_round_id(self._ledger, self._scope))
-            self.policy.check_distributed_dp(self._dp, epsilon_spent(self._ledger, self._scope))
-        except PolicyViolation as exc:
-            self._ledger.append(
-                RoundRefused(
-                    cfg.round_id,
-                    self.party,
-                    scope=self._scope,
-                    config_digest=cfg.digest,
-                    parameter=exc.parameter,
-                    offered=str(exc.offered),
-                    required=str(exc.required),
-                    reason=exc.reason,
-                )
-            )
-            raise
+        check_offer(self.config, self.party, policy=self.policy, ledger=self._ledger, dp=self._dp)
 
     # --- public surface -------------------------------------------------------------------
 

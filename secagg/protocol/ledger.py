@@ -15,6 +15,7 @@ aggregator's records with ``secagg audit verify``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
@@ -149,7 +150,7 @@ def event_from_dict(d: dict[str, Any]) -> SiteEvent:
     if cls is None:
         raise ValueError(f"unknown site event kind {d.get('kind')!r}")
     fields = {k: v for k, v in d.items() if k != "kind"}
-    hints = cls.__dataclass_fields__
+    hints = {f.name: f for f in dataclasses.fields(cls)}
     if set(fields) != set(hints):
         raise ValueError(f"a {cls.kind} event has fields {sorted(hints)}, got {sorted(fields)}")
     for name, f in hints.items():
