@@ -403,14 +403,15 @@ class KeyHolderContext(_NoSerialise):
         parsed = parse_sum(encrypted_sum, params=self._params, key_id=self._key_id)
         if parsed.layout != layout:
             raise HEError("encrypted sum was made for another layout")
-        signers, recomputed = self._verified_sum(contributions, layout, round_id, roster)
+        signers, forged, recomputed = self._verified_sum(contributions, layout, round_id, roster)
         claimed = set(parsed.sites)
         missing = claimed - set(signers)
-        if missing:
+        if missing or forged:
+            why = f" (signatures that do not verify: {', '.join(forged)})" if forged else ""
             raise MissingSignersError(
-                missing,
+                missing | set(forged),
                 f"the encrypted sum claims {len(claimed)} sites but only "
-                f"{len(claimed) - len(missing)} of them have verified signed ciphertexts: "
+                f"{len(claimed & set(signers))} of them have verified signed ciphertexts{why}: "
                 "refusing to decrypt",
             )
         extra = sorted(set(signers) - claimed)
@@ -442,9 +443,14 @@ class KeyHolderContext(_NoSerialise):
         layout: Layout,
         round_id: int,
         roster: Mapping[str, IdentityPublicKey],
-    ) -> tuple[list[str], list[ts.CKKSVector] | None]:
-        """Verify each contribution (signature, framing, ciphertext) and add it up."""
+    ) -> tuple[list[str], list[str], list[ts.CKKSVector] | None]:
+        """Verify each contribution (framing, signature, ciphertext) and add up the valid ones.
+
+        Returns the verified signers, the sites whose signatures did not verify (kept out of the
+        sum, so every forgery is named at once), and the sum of the verified updates.
+        """
         signers: list[str] = []
+        forged: list[str] = []
         total: list[ts.CKKSVector] | None = None
         for site_id, chunks in _contribution_items(contributions):
             try:
@@ -453,25 +459,29 @@ class KeyHolderContext(_NoSerialise):
                 raise HEError(f"contribution with a malformed site id: {exc}") from exc
             if site_id not in roster:
                 raise HEError(f"contribution from {site_id!r}, who is not in the roster")
-            if site_id in signers:
+            if site_id in signers or site_id in forged:
                 raise HEError(f"two contributions from site {site_id!r}")
-            vectors = open_signed_update(
-                self._ts,
-                site_id,
-                chunks,
-                params=self._params,
-                key_id=self._key_id,
-                layout=layout,
-                round_id=round_id,
-                public_key=roster[site_id],
-            )
+            try:
+                vectors = open_signed_update(
+                    self._ts,
+                    site_id,
+                    chunks,
+                    params=self._params,
+                    key_id=self._key_id,
+                    layout=layout,
+                    round_id=round_id,
+                    public_key=roster[site_id],
+                )
+            except MissingSignersError:
+                forged.append(site_id)
+                continue
             if total is None:
                 total = vectors
             else:
                 for acc, vec in zip(total, vectors, strict=True):
                     acc.add_(vec)
             signers.append(site_id)
-        return signers, total
+        return signers, forged, total
 
     def _check_same_sum(
         self, chunks: tuple[memoryview, ...], recomputed: list[ts.CKKSVector], layout: Layout
