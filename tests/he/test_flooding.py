@@ -99,7 +99,26 @@ def test_released_error_has_exactly_the_stated_flooding_distribution(
     assert not _matches_standard_normal((raw - sum(xs)) / result.noise_stddev)
     assert not _matches_standard_normal(error / (1.1 * result.noise_stddev))
     # The release is the raw decryption plus that noise, not a rounding of it.
-    assert _matches_standard_normal((result.values - raw) / result.noise_stddev)
+    noise = (result.values - raw) / result.noise_stddev
+    assert _matches_standard_normal(noise)
+    # ... and the noise of different chunks is independent (no reused noise polynomial).
+    per_chunk = noise.reshape(layout.chunk_count, SLOTS)
+    correlation = np.corrcoef(per_chunk)[np.triu_indices(layout.chunk_count, 1)]
+    assert float(np.max(np.abs(correlation))) < 6 / math.sqrt(SLOTS)
+
+
+def test_every_decryption_draws_fresh_noise(
+    key_holder: KeyHolderContext,
+    public: PublicContext,
+    identities,
+    roster,
+    next_round: Callable[[], int],
+) -> None:
+    xs = [np.zeros(SLOTS)]
+    first, _, _ = _round(key_holder, public, identities, roster, next_round(), xs)
+    second, _, _ = _round(key_holder, public, identities, roster, next_round(), xs)
+    correlation = float(np.corrcoef(first.values, second.values)[0, 1])
+    assert abs(correlation) < 6 / math.sqrt(SLOTS)
 
 
 def test_the_raw_noise_release_path_no_longer_exists(key_holder: KeyHolderContext) -> None:
