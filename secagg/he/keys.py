@@ -19,7 +19,7 @@ when its parameters match (SEAL alone cannot tell).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -222,12 +222,16 @@ def _check_policy(flooding: object) -> FloodingPolicy:
     return flooding
 
 
-def _contribution_items(contributions: object) -> Iterable[tuple[str, Iterable[bytes]]]:
+def _contribution_items(contributions: object) -> Iterator[tuple[object, Iterable[bytes]]]:
     if isinstance(contributions, Mapping):
-        return contributions.items()
+        yield from contributions.items()
+        return
     if isinstance(contributions, (str, bytes)) or not isinstance(contributions, Iterable):
         raise ConfigError("contributions must map site ids to signed chunks")
-    return contributions
+    for item in contributions:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise ConfigError("contributions must be (site_id, signed chunks) pairs")
+        yield item
 
 
 class KeyHolderContext(_NoSerialise):

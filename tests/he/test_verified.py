@@ -10,7 +10,7 @@ import pytest
 import tenseal as ts
 
 from secagg.crypto import IdentityKey, IdentityPublicKey
-from secagg.errors import HEError
+from secagg.errors import ConfigError, HEError
 from secagg.he import (
     CkksParameters,
     EncryptedSum,
@@ -255,3 +255,13 @@ def test_an_honest_round_through_the_aggregator_decrypts_the_sum_of_the_signers(
     assert result.sites == PADDED
     bound = key_holder.flooding.released_error_bound(key_holder.params, 5, 1.0, layout.total_length)
     assert float(np.max(np.abs(result.values - sum(xs.values())))) <= bound
+
+
+@pytest.mark.parametrize("bad", [b"bytes", 3, [("site-0",)], ["site-0"]])
+def test_malformed_contributions_are_config_errors(
+    key_holder: KeyHolderContext, public: PublicContext, roster, setting, bad: object
+) -> None:
+    round_id, layout, _, signed = setting
+    blob = _frame_sum(public, layout, ("site-0",), _ciphertexts(public, layout, signed["site-0"]))
+    with pytest.raises(ConfigError):
+        _decrypt(key_holder, blob, bad, round_id, layout, roster, min_sites=1)  # type: ignore[arg-type]
