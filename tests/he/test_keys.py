@@ -12,7 +12,14 @@ import pytest
 
 from secagg.crypto import IdentityKey
 from secagg.errors import ConfigError, HEError
-from secagg.he import CkksParameters, KeyHolderContext, Layout, PublicContext, encrypt_update
+from secagg.he import (
+    CkksParameters,
+    FloodingPolicy,
+    KeyHolderContext,
+    Layout,
+    PublicContext,
+    encrypt_update,
+)
 from secagg.he.packing import KIND_UPDATE, load_ciphertext, parse_chunk
 from secagg.he.signed import split_signed_chunk
 
@@ -100,7 +107,7 @@ def test_repr_shows_no_key_material(key_holder: KeyHolderContext) -> None:
 
 def test_contexts_cannot_be_constructed_directly(params: CkksParameters) -> None:
     with pytest.raises(TypeError):
-        KeyHolderContext(object(), params, None)  # type: ignore[arg-type]
+        KeyHolderContext(object(), params, None, FloodingPolicy())  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         PublicContext(object(), params, None, b"")  # type: ignore[arg-type]
 
