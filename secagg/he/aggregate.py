@@ -1,21 +1,24 @@
 """The encrypted sum (aggregator side) and update encryption (site side).
 
-Bytes in, bytes out: a site turns its update into a list of chunk ``bytes``
-(:func:`encrypt_update`, or :func:`iter_encrypt_update` to stream them one by one); the aggregator
-feeds each site's chunks to :meth:`EncryptedSum.add` and sends :meth:`EncryptedSum.result_bytes` to
-the key holder, who calls :meth:`~secagg.he.KeyHolderContext.decrypt_sum`. No I/O happens here; a
-transport decides how the bytes travel and tells the aggregator nothing but what arrived (a site
-that never sends is simply not added: dropouts need no protocol step).
+Bytes in, bytes out: a site turns its update into a list of signed chunk ``bytes``
+(:func:`encrypt_update`, or :func:`iter_encrypt_update` to stream them one by one), each signed
+with its roster identity for the round (:mod:`secagg.he.signed`); the aggregator feeds each site's
+chunks to :meth:`EncryptedSum.add`, which checks the signatures, and sends
+:meth:`EncryptedSum.result_bytes` to the key holder together with every added site's signed chunks,
+exactly as received; the key holder calls :meth:`~secagg.he.KeyHolderContext.decrypt_sum`. No I/O
+happens here; a transport decides how the bytes travel and tells the aggregator nothing but what
+arrived (a site that never sends is simply not added: dropouts need no protocol step).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import tenseal as ts
 
+from secagg.crypto import IdentityKey, IdentityPublicKey
 from secagg.errors import ConfigError, HEError
 from secagg.he.keys import KeyHolderContext, PublicContext
 from secagg.he.packing import (
@@ -27,8 +30,13 @@ from secagg.he.packing import (
     check_site_id,
     encode_chunk,
     encode_sum,
-    load_ciphertext,
-    parse_chunk,
+)
+from secagg.he.signed import (
+    check_roster,
+    check_round_id,
+    chunk_signing_context,
+    open_signed_update,
+    sign_chunk,
 )
 
 __all__ = ["EncryptedSum", "encrypt_update", "iter_encrypt_update"]
@@ -47,25 +55,37 @@ def iter_encrypt_update(
     update: Update,
     weight: float = 1.0,
     *,
+    identity: IdentityKey,
+    round_id: int,
+    site_id: str,
     layout: Layout | None = None,
 ) -> Iterator[bytes]:
-    """Check and pre-weight ``update``, then return an iterator of its encrypted chunks.
+    """Check and pre-weight ``update``, then return an iterator of its signed encrypted chunks.
 
     All checks run before this returns, so a bad update raises here, not halfway through a
-    stream. Each chunk is encrypted only when the iterator reaches it (client memory: one chunk).
+    stream. Each chunk is encrypted and signed only when the iterator reaches it (client memory:
+    one chunk).
 
     Args:
         context: the round's public context (a key-holder site may pass its own context).
         update: a flat float vector or a dict of named float arrays.
         weight: plaintext weight multiplied in before encryption (FedAvg: ``n_i / n_total``), so
             the aggregator only adds.
+        identity: this site's roster signing key; every chunk is signed for ``round_id`` and
+            ``site_id`` (the key holder decrypts only signed ciphertexts).
+        round_id: the round (an int in ``[0, 2**63)``); sign one update per round.
+        site_id: this site's id in the roster.
         layout: the round's layout; defaults to the layout ``update`` implies.
 
     Raises:
         ConfigError: the update does not match the layout, holds non-finite values, the weight is
-            not finite, or a weighted value exceeds ``params.max_abs_sum`` (it could not be
-            decrypted).
+            not finite, a weighted value exceeds ``params.max_abs_sum`` (it could not be
+            decrypted), or ``identity``, ``round_id`` or ``site_id`` is not usable.
     """
+    if not isinstance(identity, IdentityKey):
+        raise ConfigError("identity must be the site's IdentityKey")
+    round_id = check_round_id(round_id)
+    site_id = check_site_id(site_id)
     pub = _public_view(context)
     params = pub.params
     layout = Layout.of(update, params) if layout is None else layout
@@ -87,10 +107,23 @@ def iter_encrypt_update(
             f"weighted update reaches {peak:g}; CKKS values must stay below "
             f"2^{params.headroom_bits} (and so must their sum): clip the update"
         )
-    return _encrypt_chunks(pub, layout, flat)
+    sig_context = chunk_signing_context(
+        round_id=round_id,
+        site_id=site_id,
+        params_digest=params.digest(),
+        key_id=pub.key_id,
+        layout_digest=layout.digest(),
+    )
+    return _encrypt_chunks(pub, layout, flat, identity, sig_context)
 
 
-def _encrypt_chunks(pub: PublicContext, layout: Layout, flat: np.ndarray) -> Iterator[bytes]:
+def _encrypt_chunks(
+    pub: PublicContext,
+    layout: Layout,
+    flat: np.ndarray,
+    identity: IdentityKey,
+    sig_context: bytes,
+) -> Iterator[bytes]:
     params = pub.params
     p_digest, l_digest = params.digest(), layout.digest()
     ctx = pub._ts
@@ -107,7 +140,8 @@ def _encrypt_chunks(pub: PublicContext, layout: Layout, flat: np.ndarray) -> Ite
             vector_length=layout.total_length,
             chunk_length=stop - start,
         )
-        yield encode_chunk(header, payload)
+        chunk = encode_chunk(header, payload)
+        yield sign_chunk(identity, sig_context, index, layout.chunk_count, chunk)
 
 
 def encrypt_update(
@@ -115,11 +149,24 @@ def encrypt_update(
     update: Update,
     weight: float = 1.0,
     *,
+    identity: IdentityKey,
+    round_id: int,
+    site_id: str,
     layout: Layout | None = None,
 ) -> list[bytes]:
-    """Encrypt ``weight * update`` into ``layout.chunk_count`` chunks (see
+    """Encrypt ``weight * update`` into ``layout.chunk_count`` signed chunks (see
     :func:`iter_encrypt_update` for the arguments and errors)."""
-    return list(iter_encrypt_update(context, update, weight, layout=layout))
+    return list(
+        iter_encrypt_update(
+            context,
+            update,
+            weight,
+            identity=identity,
+            round_id=round_id,
+            site_id=site_id,
+            layout=layout,
+        )
+    )
 
 
 class EncryptedSum:
@@ -127,13 +174,24 @@ class EncryptedSum:
 
     Memory: the running sum (one ciphertext per chunk) plus the update being added. Not
     thread-safe: a transport feeding it from several threads must serialise calls to :meth:`add`.
+    The key holder needs every added site's signed chunks besides :meth:`result_bytes`: the
+    transport forwards them as received (the key holder recomputes and checks the sum).
 
     Args:
         public_context: the round's public-only context.
         layout: the round's layout (same slots as the context's parameters).
+        round_id: the round whose signatures are accepted.
+        roster: site id -> Ed25519 public key of every site that may contribute.
     """
 
-    def __init__(self, public_context: PublicContext, layout: Layout) -> None:
+    def __init__(
+        self,
+        public_context: PublicContext,
+        layout: Layout,
+        *,
+        round_id: int,
+        roster: Mapping[str, IdentityPublicKey],
+    ) -> None:
         if not isinstance(public_context, PublicContext):
             raise ConfigError("EncryptedSum needs a PublicContext (never the key holder's context)")
         if not isinstance(layout, Layout):
@@ -143,6 +201,8 @@ class EncryptedSum:
                 f"layout has {layout.slots} slots per chunk, parameters give "
                 f"{public_context.params.slots}"
             )
+        self._round_id = check_round_id(round_id)
+        self._roster = check_roster(roster)
         self._ctx = public_context
         self._layout = layout
         self._sum: list[ts.CKKSVector] | None = None
@@ -162,37 +222,34 @@ class EncryptedSum:
     def add(self, site_id: str, chunks: Iterable[bytes]) -> None:
         """Add one site's update: every chunk is checked before the running sum is touched.
 
-        ``chunks`` may be any iterable (e.g. a stream); they may come in any order, but each
-        index exactly once. If anything is wrong the site is not added and the sum is unchanged.
+        ``chunks`` may be any iterable (e.g. a stream) of signed chunks; they may come in any
+        order, but each index exactly once. If anything is wrong the site is not added and the
+        sum is unchanged.
 
         Raises:
             ConfigError: ``site_id`` is not a non-empty str of at most 256 UTF-8 bytes.
-            HEError: the site was already added; a chunk is malformed, corrupted, made under
-                other parameters, another key or another layout, duplicated or missing; or the
-                sum is in its failed state.
+            MissingSignersError: a chunk's signature does not verify under the site's roster key
+                for this round.
+            HEError: the site is not in the roster or was already added; a chunk is malformed,
+                corrupted, made under other parameters, another key or another layout,
+                duplicated or missing; or the sum is in its failed state.
         """
         self._check_usable()
         site_id = check_site_id(site_id)
+        if site_id not in self._roster:
+            raise HEError(f"site {site_id!r} is not in the round's roster")
         if site_id in self._sites:
             raise HEError(f"site {site_id!r} was already added to this sum")
-        layout, params, ctx = self._layout, self._ctx.params, self._ctx._ts
-        received: dict[int, ts.CKKSVector] = {}
-        for chunk in chunks:
-            index, payload = parse_chunk(
-                chunk, kind=KIND_UPDATE, params=params, key_id=self._ctx.key_id, layout=layout
-            )
-            if index in received:
-                raise HEError(f"site {site_id!r} sent chunk {index} twice")
-            received[index] = load_ciphertext(
-                ctx, payload, params=params, expected_length=layout.chunk_length(index), index=index
-            )
-        if len(received) != layout.chunk_count:
-            missing = sorted(set(range(layout.chunk_count)) - set(received))
-            raise HEError(
-                f"site {site_id!r} sent {len(received)} of {layout.chunk_count} chunks "
-                f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''})"
-            )
-        ordered = [received[i] for i in range(layout.chunk_count)]
+        ordered = open_signed_update(
+            self._ctx._ts,
+            site_id,
+            chunks,
+            params=self._ctx.params,
+            key_id=self._ctx.key_id,
+            layout=self._layout,
+            round_id=self._round_id,
+            public_key=self._roster[site_id],
+        )
         if self._sum is None:
             self._sum = ordered
         else:

@@ -24,8 +24,10 @@ Wire form of one chunk (all integers big-endian)::
 
 Every field is checked on arrival (:func:`parse_chunk`) and the payload is then loaded and checked
 (:func:`load_ciphertext`); any mismatch raises :class:`~secagg.errors.HEError` naming the field.
-The checksum detects corruption, not forgery: integrity against an active attacker is the
-transport's job (TLS).
+The checksum detects corruption, not forgery. A site's update chunk travels signed: this wire form
+followed by the site's 64-byte Ed25519 signature for the round (:mod:`secagg.he.signed`), checked
+by the aggregator and again by the key holder; the aggregator's sum chunks are not signed (the key
+holder recomputes the sum from the signed chunks instead).
 """
 
 from __future__ import annotations

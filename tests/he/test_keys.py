@@ -10,9 +10,18 @@ import sys
 import numpy as np
 import pytest
 
+from secagg.crypto import IdentityKey
 from secagg.errors import ConfigError, HEError
-from secagg.he import CkksParameters, KeyHolderContext, Layout, PublicContext, encrypt_update
+from secagg.he import (
+    CkksParameters,
+    FloodingPolicy,
+    KeyHolderContext,
+    Layout,
+    PublicContext,
+    encrypt_update,
+)
 from secagg.he.packing import KIND_UPDATE, load_ciphertext, parse_chunk
+from secagg.he.signed import split_signed_chunk
 
 
 def test_import_secagg_does_not_import_tenseal() -> None:
@@ -32,7 +41,11 @@ def test_decryption_with_the_public_context_fails(
     params: CkksParameters, public: PublicContext
 ) -> None:
     layout = Layout.for_vector(3, params)
-    chunk = encrypt_update(public, np.array([1.0, 2.0, 3.0]))[0]
+    identity = IdentityKey.generate()
+    signed = encrypt_update(
+        public, np.array([1.0, 2.0, 3.0]), identity=identity, round_id=1, site_id="s"
+    )[0]
+    chunk, _ = split_signed_chunk(signed)
     _, payload = parse_chunk(
         chunk, kind=KIND_UPDATE, params=params, key_id=public.key_id, layout=layout
     )
@@ -55,10 +68,10 @@ def test_public_context_with_other_parameters_is_rejected(key_holder: KeyHolderC
         )
     with pytest.raises(HEError, match="scale"):
         PublicContext.from_bytes(
-            key_holder.public_context_bytes(), CkksParameters(global_scale_bits=30)
+            key_holder.public_context_bytes(), CkksParameters(global_scale_bits=70)
         )
     small = KeyHolderContext.generate(
-        CkksParameters(poly_modulus_degree=4096, coeff_mod_bit_sizes=(60, 49))
+        CkksParameters(poly_modulus_degree=4096, coeff_mod_bit_sizes=(60, 49), global_scale_bits=40)
     )
     with pytest.raises(HEError, match="N=4096"):
         PublicContext.from_bytes(small.public_context_bytes(), CkksParameters())
@@ -94,7 +107,7 @@ def test_repr_shows_no_key_material(key_holder: KeyHolderContext) -> None:
 
 def test_contexts_cannot_be_constructed_directly(params: CkksParameters) -> None:
     with pytest.raises(TypeError):
-        KeyHolderContext(object(), params, None)  # type: ignore[arg-type]
+        KeyHolderContext(object(), params, None, FloodingPolicy())  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         PublicContext(object(), params, None, b"")  # type: ignore[arg-type]
 
