@@ -3,12 +3,21 @@
 ::
 
     from secagg.client import AggregatorClient, load_identity
+    from secagg.site import load_site_config
 
     identity = load_identity("site1.key")
+    site = load_site_config("site.toml")          # the site's own [policy] and ledger
     with AggregatorClient("aggregator.example.org:50051", identity,
+                          policy=site.policy, ledger=site.open_ledger(identity),
                           tls=TlsOptions(root_certificates=open("ca.crt", "rb").read())) as client:
         result = client.participate(update)        # a float vector or {name: float array}
         print(result.round_id, result.survivors, result.aggregate)
+
+The site's :class:`~secagg.protocol.SitePolicy` decides whether the round the aggregator offers is
+acceptable (pinned roster, threshold, context, round id, DP floor); if not, ``join`` raises
+:class:`~secagg.errors.PolicyViolation` before anything is computed or revealed, and the aggregator
+is told why. After a completed round the announced survivors are compared with the set this site
+signed (:class:`~secagg.errors.OutcomeMismatch` otherwise). Every step is in the site's ledger.
 
 ``participate`` joins the round the aggregator has open, encodes the update with the round's
 encoding (clip, fixed point, stochastic rounding), runs every protocol stage and returns the
@@ -47,7 +56,7 @@ from secagg.crypto import IdentityKey, IdentityPublicKey
 from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError, RoundAborted
-from secagg.protocol import Stage
+from secagg.protocol import SiteLedger, SitePolicy, Stage
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
 from secagg.transport.client import ChunkEvent, EventHook, OpenRound, fetch_result
@@ -297,6 +306,10 @@ class RoundHandle:
 class AggregatorClient:
     """A connection to one aggregator, authenticated by this site's roster identity key.
 
+    ``policy`` and ``ledger`` (the site's :class:`~secagg.protocol.SitePolicy` and its
+    :class:`~secagg.protocol.SiteLedger`) are needed to take part in rounds; reading results and
+    records needs neither.
+
     Plaintext is only allowed to a loopback address unless ``insecure=True``; otherwise pass
     ``tls`` (``TlsOptions(root_certificates=...)``, plus ``certificate_chain``/``private_key``
     for mutual TLS).
@@ -307,6 +320,8 @@ class AggregatorClient:
         target: str,
         identity: IdentityKey,
         *,
+        policy: SitePolicy | None = None,
+        ledger: SiteLedger | None = None,
         tls: TlsOptions | None = None,
         insecure: bool = False,
         timeout: float | None = 3600.0,
@@ -315,6 +330,8 @@ class AggregatorClient:
     ) -> None:
         if not isinstance(identity, IdentityKey):
             raise ConfigError("identity must be an IdentityKey (see load_identity)")
+        if policy is not None and not isinstance(policy, SitePolicy):
+            raise ConfigError("policy must be a SitePolicy (see secagg.site.load_site_config)")
         if chunk_bytes < 32:
             raise ConfigError("chunk_bytes must be at least 32")
         opts: list[tuple[str, Any]] = [
@@ -335,6 +352,8 @@ class AggregatorClient:
             )
         self.target = target
         self.identity = identity
+        self.policy = policy
+        self.ledger = ledger
         self.timeout = timeout
         self.chunk_bytes = chunk_bytes
         self._stub = pb_grpc.AggregatorStub(self._channel)
@@ -363,9 +382,21 @@ class AggregatorClient:
 
     def join(self, *, on_event: EventHook | None = None) -> RoundHandle:
         """Open a stream for the round the aggregator has open and receive its parameters."""
-        return RoundHandle(
-            self, OpenRound(self._stub, self.identity, timeout=self.timeout, on_event=on_event)
+        if self.policy is None or self.ledger is None:
+            raise ConfigError(
+                "joining a round needs this site's policy and ledger: "
+                "AggregatorClient(..., policy=site.policy, ledger=site.open_ledger(identity)) "
+                "with site = secagg.site.load_site_config('site.toml')"
+            )
+        opened = OpenRound(
+            self._stub,
+            self.identity,
+            policy=self.policy,
+            ledger=self.ledger,
+            timeout=self.timeout,
+            on_event=on_event,
         )
+        return RoundHandle(self, opened)
 
     def participate(
         self,

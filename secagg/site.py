@@ -36,10 +36,11 @@ from typing import Any
 
 from secagg.audit.site_ledger import SiteLedgerFile
 from secagg.crypto import IdentityKey, IdentityPublicKey
+from secagg.dp.distributed import DistributedDPParams, distributed_dp_epsilon
 from secagg.errors import ConfigError
-from secagg.protocol import AdversaryClass, DPFloor, SitePolicy
+from secagg.protocol import AdversaryClass, DPFloor, OfferedDP, SitePolicy
 
-__all__ = ["SiteConfig", "load_site_config", "policy_from_mapping", "read_roster"]
+__all__ = ["SiteConfig", "dp_offer", "load_site_config", "policy_from_mapping", "read_roster"]
 
 _TOP_KEYS = {"ledger", "policy"}
 _POLICY_KEYS = {
@@ -173,3 +174,13 @@ def load_site_config(path: str | os.PathLike[str]) -> SiteConfig:
     policy = policy_from_mapping(doc["policy"], base)
     ledger = base / str(doc.get("ledger", "site-ledger.jsonl"))
     return SiteConfig(policy, ledger)
+
+
+def dp_offer(params: DistributedDPParams, policy: SitePolicy, n: int) -> OfferedDP:
+    """A round's site-level distributed DP as this site sees it, for its :class:`DPFloor`."""
+    del policy, n  # colluder-aware accounting arrives with issue 14 (tolerated_corrupt(n))
+    return OfferedDP(
+        noise_multiplier=params.noise_multiplier,
+        epsilon_per_round=distributed_dp_epsilon(params),
+        delta=params.config.delta,
+    )

@@ -15,8 +15,10 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from clients.flower_app.client_app import client_fn
 from clients.flower_app.server_app import HISTORY, make_server_app
-from secagg.integrations.flower import RECORD_KEY, secagg_mod
+from secagg.crypto import IdentityKey
+from secagg.integrations.flower import RECORD_KEY, make_secagg_mod
 from secagg.integrations.flower.simulation import run_simulation_in_process
+from secagg.protocol import SitePolicy
 
 
 def drop_once(stage: str, partition: int) -> Any:
@@ -44,7 +46,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     mods = [drop_once(args.drop_stage, 1)] if args.drop_stage else []
-    client_app = ClientApp(client_fn=client_fn, mods=[*mods, secagg_mod])
+    # The consortium registers each hospital's identity key before training and every hospital
+    # pins the list (here: generated for this simulation; in a deployment each site keeps its own
+    # key file and names its site TOML in the node config key "secagg-site", see docs/flower.md).
+    keys = [IdentityKey.generate() for _ in range(args.clients)]
+    seeds = [k.private_bytes() for k in keys]
+    policy = SitePolicy.trusting_keys([k.public_key for k in keys])
+
+    def identity(context: Context) -> IdentityKey:
+        return IdentityKey.from_private_bytes(seeds[int(context.node_config["partition-id"])])
+
+    site_mod = make_secagg_mod(policy=policy, identity=identity)
+    client_app = ClientApp(client_fn=client_fn, mods=[*mods, site_mod])
     server_app, workflow = make_server_app(args.clients, args.rounds)
     run_simulation_in_process(server_app, client_app, args.clients)
     print(f"{'round':>5}  {'survivors':>9}  {'dropouts':>8}  {'test loss':>9}  {'accuracy':>8}")

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from clients.flower_app.task import evaluate, initial_parameters, load_data
 from secagg.integrations.flower import SecAggWorkflow
+from secagg.simulate import default_threshold
 
 TEST = load_data(0, 1)[1]
 HISTORY: list[tuple[int, float, float]] = []
@@ -29,7 +30,8 @@ def make_server_app(
 ) -> tuple[ServerApp, SecAggWorkflow]:
     fit_workflow = workflow or SecAggWorkflow(
         num_shares=num_clients,  # full graph for a handful of hospitals
-        reconstruction_threshold=max(2, num_clients // 2 + 1),
+        # the smallest threshold the hospitals' strict policies accept (4 of 5): one may drop
+        reconstruction_threshold=default_threshold(num_clients),
         clipping_range=8.0,
         max_weight=1000.0,
         timeout=60.0,

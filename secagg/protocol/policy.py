@@ -29,7 +29,7 @@ majority with a corrupt margin. Anything weaker must be asked for by name (``adv
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -154,6 +154,15 @@ class SitePolicy:
         (Sybils) until the honest parties are a minority. Prefer pinning the roster.
         """
         return cls(roster=None, min_parties=min_parties, **settings)  # type: ignore[arg-type]
+
+    @classmethod
+    def trusting_keys(
+        cls, keys: Iterable[IdentityPublicKey], *, min_parties: int = 3, **settings: object
+    ) -> SitePolicy:
+        """A policy pinned to a set of identity keys and accepting any sample of them (FL stacks
+        that sample clients each round, such as Flower): see ``roster_subsets``."""
+        roster = dict(enumerate(sorted(keys, key=lambda k: k.to_bytes()), start=1))
+        return cls(roster=roster, roster_subsets=True, min_parties=min_parties, **settings)  # type: ignore[arg-type]
 
     # --- what the policy implies ------------------------------------------------------------
 

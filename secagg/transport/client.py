@@ -21,14 +21,18 @@ import numpy.typing as npt
 
 from secagg.accounting.report import SiteRecordLevelDP
 from secagg.crypto import IdentityKey, random_seed, uniform_floats
+from secagg.dp.distributed import derive_params
 from secagg.errors import (
     ConfigError,
     CryptoError,
     MaliciousServerError,
+    PolicyViolation,
     ProtocolError,
     SecAggError,
 )
-from secagg.protocol import ClientSession, MaskedInput, Stage
+from secagg.protocol import ClientSession, MaskedInput, SiteLedger, SitePolicy, Stage
+from secagg.protocol.client import check_offer
+from secagg.site import dp_offer
 from secagg.transport import words
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
@@ -44,7 +48,7 @@ from secagg.transport.codec import (
 )
 from secagg.transport.errors import AggregatorError, error_from_status
 
-__all__ = ["ChunkEvent", "OpenRound", "fetch_result", "open_round"]
+__all__ = ["ChunkEvent", "OpenRound", "fetch_result"]
 
 ENCODE_BLOCK = 1 << 20
 
@@ -77,11 +81,15 @@ class OpenRound:
         stub: pb_grpc.AggregatorStub,
         identity: IdentityKey,
         *,
+        policy: SitePolicy,
+        ledger: SiteLedger,
         timeout: float | None,
         on_event: EventHook | None,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._identity = identity
+        self._policy = policy
+        self._ledger = ledger
         self._on_event = on_event
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._call = stub.Participate(self._requests(), timeout=timeout, metadata=metadata)
@@ -116,6 +124,17 @@ class OpenRound:
             raise MaliciousServerError("the Welcome nonce is not 32 bytes")
         self._max_chunk_bytes = int(welcome.max_chunk_bytes) or 1 << 20
         self._formats = tuple(int(f) for f in welcome.formats) or (words.UINT32_LE,)
+        # The site decides now, before it computes or reveals anything.
+        dp = self.params.distributed_dp
+        n = len(self.params.config.roster)
+        self.dp_offer = None if dp is None else dp_offer(derive_params(dp), policy, n)
+        try:
+            check_offer(
+                self.params.config, self.party, policy=policy, ledger=ledger, dp=self.dp_offer
+            )
+        except PolicyViolation as exc:
+            self._refuse(exc)
+            raise
 
     @property
     def round_id(self) -> int:
@@ -165,6 +184,26 @@ class OpenRound:
             out[lo:hi] = enc.encode(values[lo:hi], uniform_floats(seed, hi - lo, lo))
         return out
 
+    def _refuse(self, exc: PolicyViolation) -> None:
+        """Tell the aggregator why this site stays away, then close the stream."""
+        self._queue.put(
+            pb.ClientFrame(
+                refusal=pb.Refusal(
+                    round_id=self.round_id,
+                    party=self.party,
+                    parameter=exc.parameter,
+                    offered=str(exc.offered),
+                    required=str(exc.required),
+                    reason=exc.reason[:500],
+                )
+            )
+        )
+        self._closed = True
+        self._queue.put(None)
+        with contextlib.suppress(Exception):
+            for _ in self._call:  # the aggregator ends the stream once it saw the refusal
+                pass
+
     def _join_frame(self) -> pb.ClientFrame:
         cfg = self.params.config
         signature = sign_join(self._identity, self._nonce, cfg.digest, cfg.round_id, self.party)
@@ -199,7 +238,15 @@ class OpenRound:
         """
         cfg = self.params.config
         try:
-            session = ClientSession(cfg, self.party, self._identity, encoded)
+            session = ClientSession(
+                cfg,
+                self.party,
+                self._identity,
+                encoded,
+                policy=self._policy,
+                ledger=self._ledger,
+                dp=self.dp_offer,
+            )
             self._queue.put(self._join_frame())
             if statement is not None:
                 self._queue.put(
@@ -221,7 +268,11 @@ class OpenRound:
                         "the aggregator ended the stream without an outcome",
                     )
                 if frame.WhichOneof("frame") == "outcome":
-                    return frame.outcome
+                    outcome = frame.outcome
+                    if outcome.status == pb.ROUND_STATUS_COMPLETED:
+                        # An alarm if the aggregator claims other survivors than the set signed.
+                        session.check_outcome(outcome.survivors, bytes(outcome.result_digest))
+                    return outcome
                 try:
                     reply = session.receive(decode_server_frame(frame))
                 except (ProtocolError, CryptoError):
@@ -260,16 +311,6 @@ class OpenRound:
                 yield frame
 
         self._queue.put(announced())
-
-
-def open_round(
-    stub: pb_grpc.AggregatorStub,
-    identity: IdentityKey,
-    *,
-    timeout: float | None = None,
-    on_event: EventHook | None = None,
-) -> OpenRound:
-    return OpenRound(stub, identity, timeout=timeout, on_event=on_event)
 
 
 def fetch_result(

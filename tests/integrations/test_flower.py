@@ -38,9 +38,23 @@ from secagg.integrations.flower import (
     make_secagg_mod,
 )
 from secagg.integrations.flower.simulation import run_simulation_in_process
+from secagg.protocol import DPFloor, SitePolicy
 
 N = 5
 SHAPES = [(3, 4), (5,)]
+# Identities registered out of band, one per partition; the sites pin them in their policy.
+KEYS = [IdentityKey.generate() for _ in range(N)]
+SEEDS = [k.private_bytes() for k in KEYS]
+
+
+def registered_identity(context: Context) -> IdentityKey:
+    return IdentityKey.from_private_bytes(SEEDS[int(context.node_config["partition-id"])])
+
+
+def site_mod(keys: list[IdentityKey] | None = None, **policy: Any) -> Any:
+    """The mod of a site that pins the consortium's keys (a sample of them per round is fine)."""
+    pinned = SitePolicy.trusting_keys([k.public_key for k in keys or KEYS], **policy)
+    return make_secagg_mod(policy=pinned, identity=registered_identity)
 
 
 def site_update(pid: int) -> list[np.ndarray]:
@@ -115,8 +129,8 @@ def expected_mean(survivors: list[int], wf: SecAggWorkflow) -> tuple[list[np.nda
 )
 def test_aggregate_equals_weighted_average_of_survivors(stage: str, in_sum: bool) -> None:
     drop = 2
-    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, clipping_range=3.0, timeout=30)
-    context = run(wf, [dropper(drop, stage), make_secagg_mod()])
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=4, clipping_range=3.0, timeout=30)
+    context = run(wf, [dropper(drop, stage), site_mod()])
     (summary,) = wf.reports
     assert summary.abort_reason is None
     survivors = [p for p in range(N) if p != drop or in_sum]
@@ -139,8 +153,9 @@ def test_aggregate_equals_weighted_average_of_survivors(stage: str, in_sum: bool
 
 def test_distributed_dp_round_reports_epsilon_and_stays_near_the_mean() -> None:
     dp = DistributedDP(l2_clip=10.0, noise_multiplier=0.05, delta=1e-5)
-    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, distributed_dp=dp, timeout=30)
-    context = run(wf, [dropper(4, "masked_input"), make_secagg_mod(min_noise_multiplier=0.01)])
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=4, distributed_dp=dp, timeout=30)
+    floor = DPFloor(min_noise_multiplier=0.01)
+    context = run(wf, [dropper(4, "masked_input"), site_mod(dp=floor)])
     (summary,) = wf.reports
     assert summary.abort_reason is None and len(summary.survivors) == N - 1
     report = summary.report
@@ -157,24 +172,59 @@ def test_distributed_dp_round_reports_epsilon_and_stays_near_the_mean() -> None:
 
 
 def test_clients_with_a_trusted_roster_refuse_a_sybil_round() -> None:
-    keys = [IdentityKey.generate() for _ in range(N)]
-    seeds = [k.private_bytes() for k in keys]
-
-    def identity(context: Context) -> IdentityKey:
-        return IdentityKey.from_private_bytes(seeds[int(context.node_config["partition-id"])])
-
     # Partition 0 is a Sybil the server slipped in: its key is not in the clients' roster.
-    trusted = [k.public_key for k in keys[1:]]
-    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, timeout=30)
-    run(wf, [make_secagg_mod(identity=identity, trusted_roster=trusted)])
+    trusted = KEYS[1:]
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=5, timeout=30)
+    run(wf, [site_mod(trusted)])
     (summary,) = wf.reports
     assert summary.abort_reason is not None and summary.aggregate is None
 
     # With the same pre-registered roster on the server, the Sybil is left out and the round runs.
-    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=3, roster=trusted, timeout=30)
-    run(wf, [make_secagg_mod(identity=identity, trusted_roster=trusted)])
+    roster = [k.public_key for k in trusted]
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=4, roster=roster, timeout=30)
+    run(wf, [site_mod(trusted)])
     (summary,) = wf.reports
     assert summary.abort_reason is None and len(summary.parties) == N - 1
+
+
+@pytest.mark.parametrize("threshold", [2, 3])
+def test_sites_refuse_a_server_chosen_unsafe_threshold_before_revealing_anything(
+    threshold: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack of issue 12: a trusted roster, and the server's reconstruction_threshold=2 of
+    5 was accepted. Now every site's policy (t >= 4 of 5) refuses at advertise_keys."""
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=threshold, timeout=30)
+    run(wf, [site_mod()])
+    (summary,) = wf.reports
+    assert summary.aggregate is None
+    assert "advertise_keys" in (summary.abort_reason or "")
+    assert "threshold" in caplog.text and "refused" in caplog.text
+
+
+def test_a_mod_without_a_site_policy_takes_no_part() -> None:
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=4, timeout=30)
+    run(wf, [make_secagg_mod(identity=registered_identity)])
+    (summary,) = wf.reports
+    assert summary.aggregate is None and summary.abort_reason is not None
+
+
+def test_sites_raise_an_alarm_when_the_outcome_names_other_survivors(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from secagg.integrations.flower import workflow as wf_module
+
+    real = wf_module._record
+
+    def lying_record(**values: Any) -> Any:
+        if "survivors" in values:
+            values = {**values, "survivors": values["survivors"][:-1]}
+        return real(**values)
+
+    monkeypatch.setattr(wf_module, "_record", lying_record)
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=4, timeout=30)
+    run(wf, [site_mod()])
+    assert "did not confirm the outcome" in caplog.text
+    assert "survivors differ from the set this site signed" in caplog.text
 
 
 def test_importing_secagg_does_not_import_flower() -> None:

@@ -37,6 +37,7 @@ class FlowerStage(enum.Enum):
     MASKED_INPUT = "masked_input"  # ShareBundle out; MaskedInput back
     CONSISTENCY_CHECK = "consistency_check"  # SurvivorsRequest out; ConsistencySignature back
     UNMASK = "unmask"  # UnmaskRequest out; UnmaskShares back
+    OUTCOME = "outcome"  # survivors and result digest out; each survivor checks them
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,18 @@ A round is six TRAIN messages from :class:`~secagg.integrations.flower.SecAggWor
    parameters on the node, and answers with its Ed25519 identity key and the FitRes *without* its
    parameters (``num_examples`` is replaced by 1: the example count is summed securely instead).
 2. ``advertise_keys``: the round parameters (roster, threshold, graph, encoding, context). The mod
-   checks them (its own key and party id, the model digest it trained on, the trusted roster, the
-   DP floor), encodes its update and answers with a signed :class:`~secagg.protocol.AdvertiseKeys`.
+   checks them (its own key and party id, the model digest it trained on) and the site's
+   :class:`~secagg.protocol.SitePolicy` decides (pinned roster, threshold, round id, DP floor); a
+   refusal raises :class:`~secagg.errors.PolicyViolation` before anything is revealed. Then it
+   encodes its update and answers with a signed :class:`~secagg.protocol.AdvertiseKeys`.
 3-6. the protocol's server messages, answered by :class:`~secagg.protocol.ClientSession`.
+7. ``outcome``: the survivors and the result digest; the session compares them with the survivor
+   set it signed (:class:`~secagg.errors.OutcomeMismatch`, an alarm, otherwise).
+
+The policy comes from ``make_secagg_mod(policy=...)``, or, for the prebuilt :data:`secagg_mod`,
+from the TOML file named by the node config key ``secagg-site`` (see :mod:`secagg.site`). Without
+one the mod refuses to take part. Each step is recorded in the site's ledger: the file the site
+configuration names, else the node's ``Context.state`` (record ``secagg.ledger``).
 
 Between messages the session lives in the node's ``Context.state`` (Flower starts a new ClientApp
 process per message), under ``secagg.*`` records, and is deleted when the round ends or aborts. Any
@@ -17,8 +26,9 @@ error raises, which Flower reports to the server as an error reply: the server c
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -28,7 +38,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Parameters, Status, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
-from secagg.crypto import IdentityKey, IdentityPublicKey, random_seed, uniform_floats
+from secagg.crypto import IdentityKey, random_seed, uniform_floats
 from secagg.errors import ConfigError, LocalProtocolError, MaliciousServerError, ProtocolError
 from secagg.integrations._session_state import export_client_session, restore_client_session
 from secagg.integrations.flower._common import (
@@ -39,21 +49,40 @@ from secagg.integrations.flower._common import (
     flatten,
     model_digest,
 )
-from secagg.protocol import ClientSession, Stage
+from secagg.protocol import ClientSession, SiteEvent, SiteLedger, SitePolicy, Stage
+from secagg.protocol.client import check_offer
+from secagg.protocol.ledger import RoundAccepted, event_from_dict
+from secagg.site import SiteConfig, dp_offer, load_site_config
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport.codec import RoundParameters
 from secagg.wire import decode_server_message, encode_client_message
 
-__all__ = ["IdentityProvider", "make_secagg_mod", "secagg_mod"]
+__all__ = [
+    "SITE_CONFIG_KEY",
+    "ContextLedger",
+    "IdentityProvider",
+    "PolicyProvider",
+    "default_ledger",
+    "make_secagg_mod",
+    "node_config_policy",
+    "secagg_mod",
+]
 
 logger = logging.getLogger(__name__)
 
 IdentityProvider = Callable[[Context], IdentityKey]
 """Returns the node's long-term Ed25519 identity (e.g. loaded from a file named in node_config)."""
+PolicyProvider = Callable[[Context], SitePolicy]
+"""Returns the node's site policy (e.g. per node in a simulation)."""
+LedgerProvider = Callable[[Context, IdentityKey], SiteLedger]
+
+SITE_CONFIG_KEY = "secagg-site"
+"""Node config key naming the site's TOML file ([policy] and ledger) for :data:`secagg_mod`."""
 
 _IDENTITY_RECORD = "secagg.identity"
 _PENDING_RECORD = "secagg.pending"
 _SESSION_RECORD = "secagg.session"
+_LEDGER_RECORD = "secagg.ledger"
 
 # The session stage each protocol exchange must find (the session checks the message type too).
 _EXPECTED_STAGE = {
@@ -61,7 +90,54 @@ _EXPECTED_STAGE = {
     FlowerStage.MASKED_INPUT: Stage.SHARE_KEYS,
     FlowerStage.CONSISTENCY_CHECK: Stage.MASKED_INPUT,
     FlowerStage.UNMASK: Stage.CONSISTENCY_CHECK,
+    FlowerStage.OUTCOME: Stage.COMPLETED,
 }
+
+
+class ContextLedger:
+    """A :class:`~secagg.protocol.SiteLedger` kept in the node's ``Context.state``.
+
+    It lives as long as the node's context (a Flower run); for a ledger that outlives runs (and
+    round ids that stay monotonic across them), name a ledger file in the site configuration.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+
+    def _lines(self) -> list[str]:
+        record = self._context.state.config_records.get(_LEDGER_RECORD)
+        return [] if record is None else list(cast(list[str], record["events"]))
+
+    def append(self, event: SiteEvent) -> None:
+        lines = [*self._lines(), json.dumps(event.to_dict(), sort_keys=True)]
+        self._context.state.config_records[_LEDGER_RECORD] = ConfigRecord({"events": lines})
+
+    def accepted(self, scope: bytes) -> Sequence[RoundAccepted]:
+        events = (event_from_dict(json.loads(line)) for line in self._lines())
+        return [e for e in events if isinstance(e, RoundAccepted) and e.scope == scope]
+
+
+def _site_config(context: Context) -> SiteConfig:
+    path = context.node_config.get(SITE_CONFIG_KEY)
+    if not path:
+        raise LocalProtocolError(
+            f"this node has no site policy: set the node config key {SITE_CONFIG_KEY!r} to its "
+            "site TOML file ([policy] with the pinned roster), or build the mod with "
+            "make_secagg_mod(policy=SitePolicy(...))"
+        )
+    return load_site_config(str(path))
+
+
+def node_config_policy(context: Context) -> SitePolicy:
+    """The policy of the site TOML named by the node config key ``secagg-site``."""
+    return _site_config(context).policy
+
+
+def default_ledger(context: Context, identity: IdentityKey) -> SiteLedger:
+    """The ledger file of the node's site configuration if it has one, else the node state."""
+    if context.node_config.get(SITE_CONFIG_KEY):
+        return _site_config(context).open_ledger(identity)
+    return ContextLedger(context)
 
 
 def context_identity(context: Context) -> IdentityKey:
@@ -82,35 +158,30 @@ def context_identity(context: Context) -> IdentityKey:
 
 def make_secagg_mod(
     *,
+    policy: SitePolicy | PolicyProvider | None = None,
     identity: IdentityProvider | None = None,
-    trusted_roster: Iterable[IdentityPublicKey | bytes] | None = None,
-    min_parties: int = 2,
-    min_noise_multiplier: float | None = None,
+    ledger: LedgerProvider | None = None,
 ) -> Callable[[Message, Context, ClientAppCallable], Message]:
     """Build the client mod.
 
     Args:
+        policy: the site's :class:`~secagg.protocol.SitePolicy` (the same object the gRPC client
+            takes), or a function of the node's Context returning it; default: the site TOML named
+            by the node config key ``secagg-site``. Flower samples clients, so pin the
+            consortium's keys with ``SitePolicy.trusting_keys(keys)`` (any sample of them, at
+            least ``min_parties``), which stops a malicious server from adding Sybils.
         identity: where the node's Ed25519 identity comes from (default: generated per run and kept
-            in ``Context.state``).
-        trusted_roster: the identity keys registered out of band. When given, the mod refuses any
-            round whose roster holds another key, which stops a malicious server from adding Sybil
-            clients to isolate this one. Without it the roster is whatever the server collected.
-        min_parties: refuse rounds with fewer parties (a round of this client and one Sybil would
-            reveal this client's update to a server that controls the Sybil).
-        min_noise_multiplier: with distributed DP, refuse rounds whose noise multiplier is lower
-            (or rounds without DP at all).
+            in ``Context.state``; a pinned roster needs identities registered in advance).
+        ledger: where the site's ledger lives (default: :func:`default_ledger`).
     """
-    trusted = (
-        None
-        if trusted_roster is None
-        else frozenset(
-            k if isinstance(k, IdentityPublicKey) else IdentityPublicKey.from_bytes(k)
-            for k in trusted_roster
-        )
-    )
-    if min_parties < 2:
-        raise ConfigError("min_parties must be at least 2")
+    get_policy: PolicyProvider
+    if isinstance(policy, SitePolicy):
+        fixed = policy
+        get_policy = lambda _: fixed  # noqa: E731
+    else:
+        get_policy = policy or node_config_policy
     get_identity = identity or context_identity
+    get_ledger = ledger or default_ledger
 
     def secagg_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -128,12 +199,12 @@ def make_secagg_mod(
         try:
             if stage is FlowerStage.REGISTER:
                 _clear(ctxt)
+                get_policy(ctxt)  # no policy, no training for this server: fail before call_next
                 return _register(msg, ctxt, call_next, key)
+            site = get_policy(ctxt), get_ledger(ctxt, key)
             if stage is FlowerStage.ADVERTISE_KEYS:
-                return _advertise(
-                    msg, ctxt, record, key, trusted, min_parties, min_noise_multiplier
-                )
-            return _protocol_step(msg, ctxt, record, stage, key)
+                return _advertise(msg, ctxt, record, key, *site)
+            return _protocol_step(msg, ctxt, record, stage, key, *site)
         except BaseException:
             _clear(ctxt)
             raise
@@ -142,7 +213,8 @@ def make_secagg_mod(
 
 
 secagg_mod = make_secagg_mod()
-"""The client mod with default settings: ``ClientApp(client_fn, mods=[secagg_mod])``."""
+"""The client mod with default settings: ``ClientApp(client_fn, mods=[secagg_mod])``; its policy
+is the site TOML named by the node config key ``secagg-site``."""
 
 
 # --- stages -------------------------------------------------------------------------------------
@@ -197,9 +269,8 @@ def _advertise(
     ctxt: Context,
     record: ConfigRecord,
     key: IdentityKey,
-    trusted: frozenset[IdentityPublicKey] | None,
-    min_parties: int,
-    min_noise_multiplier: float | None,
+    policy: SitePolicy,
+    ledger: SiteLedger,
 ) -> Message:
     pending = ctxt.state.config_records.get(_PENDING_RECORD)
     if pending is None:
@@ -218,30 +289,22 @@ def _advertise(
         raise MaliciousServerError("the round binds another model than the one this client trained")
     if cfg.roster.get(party) != key.public_key:
         raise MaliciousServerError(f"party {party} of the roster is not this client's identity")
-    if len(cfg.roster) < min_parties:
-        raise MaliciousServerError(
-            f"the round has {len(cfg.roster)} parties, fewer than {min_parties}"
+    encoder = (
+        None
+        if ctx.dp is None
+        else dp_encoder(
+            ctx, params.context, n=len(cfg.roster), threshold=cfg.threshold, bits=cfg.bits
         )
-    if trusted is not None and not set(cfg.roster.values()) <= trusted:
-        raise MaliciousServerError("the roster holds identity keys outside the trusted roster")
-    if min_noise_multiplier is not None and ctx.dp is None:
-        raise MaliciousServerError("this client requires distributed DP and the round has none")
+    )
+    offer = None if encoder is None else dp_offer(encoder.params, policy, len(cfg.roster))
+    # The site decides before it encodes anything (PolicyViolation, recorded in its ledger).
+    check_offer(cfg, party, policy=policy, ledger=ledger, dp=offer)
 
     trained = np.frombuffer(cast(bytes, pending["trained"]), dtype="<f8")
     global_flat = np.frombuffer(cast(bytes, pending["global"]), dtype="<f8")
     if trained.size != ctx.dimension:
         raise MaliciousServerError("the round's model dimension is not the trained model's")
-    if ctx.dp is not None:
-        encoder = dp_encoder(
-            ctx, params.context, n=len(cfg.roster), threshold=cfg.threshold, bits=cfg.bits
-        )
-        if min_noise_multiplier is not None and (
-            encoder.params.noise_multiplier < min_noise_multiplier
-        ):
-            raise MaliciousServerError(
-                f"the round's noise multiplier {encoder.params.noise_multiplier:.3g} is below "
-                f"this client's floor {min_noise_multiplier}"
-            )
+    if encoder is not None:
         noisy = encoder.encode(trained - global_flat)
         encoded = np.mod(noisy, 1 << cfg.bits).astype(np.uint32)
     else:
@@ -256,7 +319,7 @@ def _advertise(
             clip = params.encoding.clip
             vector = np.append(weight * np.clip(trained, -clip, clip), weight * clip)
         encoded = params.encoding.encode(vector, uniform_floats(random_seed(), vector.size))
-    session = ClientSession(cfg, party, key, encoded)
+    session = ClientSession(cfg, party, key, encoded, policy=policy, ledger=ledger, dp=offer)
     advertisement = session.advertise_keys()
     del ctxt.state.config_records[_PENDING_RECORD]
     _save(ctxt, session, params)
@@ -264,21 +327,32 @@ def _advertise(
 
 
 def _protocol_step(
-    msg: Message, ctxt: Context, record: ConfigRecord, stage: FlowerStage, key: IdentityKey
+    msg: Message,
+    ctxt: Context,
+    record: ConfigRecord,
+    stage: FlowerStage,
+    key: IdentityKey,
+    policy: SitePolicy,
+    ledger: SiteLedger,
 ) -> Message:
     saved = ctxt.state.config_records.get(_SESSION_RECORD)
     if saved is None:
         raise LocalProtocolError(f"{stage.value} without a session in progress")
-    session, params = restore_client_session(saved, key)
+    session, params = restore_client_session(saved, key, policy=policy, ledger=ledger)
     if session.stage is not _EXPECTED_STAGE[stage]:
         raise ProtocolError(f"{stage.value} arrived while the session is {session.stage.value}")
     if RoundContext.from_bytes(params.context).run_id != msg.metadata.run_id:
         raise MaliciousServerError("the message belongs to another Flower run")
+    if stage is FlowerStage.OUTCOME:
+        _clear(ctxt)
+        survivors = [int(p) for p in cast(list[int], record["survivors"])]
+        session.check_outcome(survivors, cast(bytes, record["result_digest"]))
+        return _reply(msg, stage)
     server_message = decode_server_message(cast(bytes, record["payload"]))
     reply = session.receive(server_message)
-    if session.stage.is_terminal:
+    if session.stage is Stage.ABORTED:
         _clear(ctxt)
-    else:
+    else:  # a completed session waits for the outcome, which it checks
         _save(ctxt, session, params)
     payload = encode_client_message(reply, bits=params.config.bits)
     return _reply(msg, stage, payload=payload)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,9 +57,10 @@ from secagg.protocol import (
     AggregateResult,
     ServerMessage,
     ServerSession,
+    Stage,
     choose_parameters,
 )
-from secagg.transport.codec import RoundParameters
+from secagg.transport.codec import RoundParameters, result_digest
 from secagg.wire import decode_client_message, encode_server_message
 
 __all__ = ["RoundSummary", "SecAggWorkflow"]
@@ -172,6 +174,15 @@ class SecAggWorkflow:
         self.on_report = on_report
         self.reports: list[RoundSummary] = []
         self._accountant = RdpAccountant()
+        self._last_round_id = 0
+
+    def next_round_id(self) -> int:
+        """A protocol round id above every earlier one (sites refuse a reused or smaller id).
+
+        Milliseconds since the epoch, so ids also grow across runs of the same federation.
+        """
+        self._last_round_id = max(self._last_round_id + 1, int(time.time() * 1000))
+        return self._last_round_id
 
     # --- Flower entry point ---------------------------------------------------------------------
 
@@ -246,7 +257,8 @@ class _Round:
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                logger.info("node %s dropped at %s: %s", node, stage.value, reply.error.reason)
+                # A refusal by the site's policy or an alarm arrives as an error reply too.
+                logger.warning("node %s dropped at %s: %s", node, stage.value, reply.error.reason)
                 continue
             record = reply.content.config_records.get(RECORD_KEY)
             if record is None or record.get("stage") != stage.value or node not in contents:
@@ -325,7 +337,7 @@ class _Round:
             length = vector_length(round_ctx)
         deadline = wf.timeout or 600.0
         params = RoundParameters.create(
-            round_id=self.round,
+            round_id=wf.next_round_id(),
             roster={p: identities[node] for node, p in self.parties.items()},
             threshold=threshold,
             vector_length=length,
@@ -365,7 +377,21 @@ class _Round:
         except RoundAborted as exc:
             self._finish_aborted(exc.stage, exc.reason, server)
             return
+        self._announce(server)
         self._finish(server.result, params, round_ctx, context_bytes, global_arrays, dp_params)
+
+    def _announce(self, server: ServerSession) -> None:
+        """Tell every site that unmasked the outcome; each checks it against what it signed."""
+        result = server.result
+        record = {
+            "survivors": list(result.survivors),
+            "result_digest": result_digest(result.total),
+        }
+        node_of = {p: node for node, p in self.parties.items()}
+        contents = {node_of[p]: _record(**record) for p in server.participants(Stage.UNMASK)}
+        answered = {r.metadata.src_node_id for r in self._send(FlowerStage.OUTCOME, contents)}
+        for node in sorted(set(contents) - answered):
+            logger.warning("node %s did not confirm the outcome of round %s", node, self.round)
 
     def _accept(self, server: ServerSession, reply: Message, params: RoundParameters) -> None:
         node = reply.metadata.src_node_id
