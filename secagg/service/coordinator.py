@@ -204,6 +204,13 @@ class RoundCoordinator:
             self._cond.notify_all()
         log_event(self._log, "client_joined", round=self.round_id, party=party)
 
+    def refused(self, party: int) -> None:
+        """The site refused this round: the first stage need not wait for it."""
+        with self._cond:
+            if party not in self._streams:
+                self._gone.add(party)
+                self._cond.notify_all()
+
     def submit(self, party: int, message: ClientMessage) -> None:
         """Hand one decoded client message to the session (raises the core's typed errors)."""
         if message.sender != party:

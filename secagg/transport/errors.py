@@ -11,6 +11,7 @@ from __future__ import annotations
 import grpc
 
 from secagg.errors import (
+    CheatingDetected,
     ConfigError,
     CryptoError,
     DecryptionError,
@@ -18,6 +19,7 @@ from secagg.errors import (
     LocalProtocolError,
     MalformedMessage,
     MaliciousServerError,
+    PolicyViolation,
     ReplayedMessage,
     RoundAborted,
     SecAggError,
@@ -99,6 +101,8 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ReplayedMessage, grpc.StatusCode.ALREADY_EXISTS),
     (UnknownParty, grpc.StatusCode.PERMISSION_DENIED),
     (InvalidSignature, grpc.StatusCode.UNAUTHENTICATED),
+    (CheatingDetected, grpc.StatusCode.PERMISSION_DENIED),
+    (PolicyViolation, grpc.StatusCode.FAILED_PRECONDITION),
     (RoundAborted, grpc.StatusCode.ABORTED),
     (MaliciousServerError, grpc.StatusCode.FAILED_PRECONDITION),
     (DecryptionError, grpc.StatusCode.INVALID_ARGUMENT),

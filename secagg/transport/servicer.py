@@ -176,6 +176,8 @@ class _Stream:
             self._hello(frame.hello)
         elif kind == "join":
             self._join(frame.join)
+        elif kind == "refusal":
+            self._refusal(frame.refusal)
         elif not self.joined:
             raise UnexpectedMessage(f"{kind or 'an empty frame'} before Hello and Join")
         elif kind == "masked_input_header":
@@ -226,6 +228,25 @@ class _Stream:
         self.round.join(self.party, join, self.nonce, self.outbox)
         self.joined = True
         self.handshake_deadline = None
+
+    def _refusal(self, refusal: pb.Refusal) -> None:
+        """The site's policy refuses the offered round: it stays away (and says why)."""
+        if self.round is None or self.party is None or self.joined:
+            raise UnexpectedMessage("a Refusal answers a Welcome, before any Join")
+        log_event(
+            self.log,
+            "site_refused",
+            logging.WARNING,
+            round=self.round.round_id,
+            party=self.party,
+            parameter=refusal.parameter[:64],
+            offered=refusal.offered[:64],
+            required=refusal.required[:64],
+            reason=refusal.reason[:300],
+        )
+        self.round.refused(self.party)
+        self.handshake_deadline = None
+        self.outbox.end()
 
     # --- endings ------------------------------------------------------------
 

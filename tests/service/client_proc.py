@@ -3,6 +3,8 @@
     python tests/service/client_proc.py --target 127.0.0.1:PORT --key K --seed 3 \
         [--die-at share_keys | --die-mid-stream] [--chunk-bytes 4096] [--out result.npz]
 
+The site's policy and ledger come from ``--site`` (default: the key file with ``.toml``).
+
 Uses only the public client API. The update is ``uniform(-1, 1)`` from ``numpy`` seeded by
 ``--seed`` and the stochastic rounding seed is derived from it too, so a test can recompute the
 exact encoded input and check the exact integer sum of the survivors.
@@ -22,6 +24,8 @@ import time
 import numpy as np
 
 from secagg.client import AggregatorClient, AggregatorError, ChunkEvent, RoundAborted, load_identity
+from secagg.errors import PolicyViolation
+from secagg.site import load_site_config
 
 
 def make_input(seed: int, length: int) -> tuple[np.ndarray, bytes]:
@@ -41,6 +45,7 @@ def main() -> int:
     p.add_argument("--chunk-bytes", type=int, default=1 << 20)
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--out", type=pathlib.Path)
+    p.add_argument("--site", type=pathlib.Path, default=None)
     args = p.parse_args()
 
     def on_event(event: ChunkEvent) -> None:
@@ -53,11 +58,22 @@ def main() -> int:
             os.kill(os.getpid(), signal.SIGKILL)
 
     identity = load_identity(args.key)
+    site = load_site_config(args.site or pathlib.Path(args.key).with_suffix(".toml"))
     report: dict[str, object] = {"seed": args.seed}
     with AggregatorClient(
-        args.target, identity, timeout=args.timeout, chunk_bytes=args.chunk_bytes
+        args.target,
+        identity,
+        policy=site.policy,
+        ledger=site.open_ledger(identity),
+        timeout=args.timeout,
+        chunk_bytes=args.chunk_bytes,
     ) as client:
-        handle = client.join(on_event=on_event)
+        try:
+            handle = client.join(on_event=on_event)
+        except PolicyViolation as exc:
+            report.update(status="refused", parameter=exc.parameter, reason=str(exc))
+            print(json.dumps(report), flush=True)
+            return 0
         values, rounding_seed = make_input(args.seed, handle.info.vector_length)
         report["party"] = handle.info.party
         report["round_id"] = handle.info.round_id

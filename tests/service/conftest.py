@@ -23,6 +23,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "tests" / "service" / "client_proc.py"
 PY = sys.executable
 
+# Most service tests are about the service's mechanics at small thresholds, so their sites accept
+# them by a relaxed policy, asked for by name; the policy tests use STRICT_POLICY.
+RELAXED_POLICY = 'adversary = "curious_server"\ncorrupt_fraction = 0'
+STRICT_POLICY = ""
+
 FAST_DEADLINES = {
     "advertise_keys": 8,
     "share_keys": 3,
@@ -53,7 +58,10 @@ def write_config(
     roster: Sequence[int] | None = None,
     sections: str = "",
     names: dict[int, str] | None = None,
+    site_policy: str = RELAXED_POLICY,
 ) -> pathlib.Path:
+    """The aggregator's config, and beside each key ``siteN.toml``: that site's own policy,
+    pinned to this roster (``site_policy`` lines added to its [policy] section)."""
     from secagg.client import load_identity
 
     agg_key = directory / "aggregator.key"
@@ -82,7 +90,25 @@ def write_config(
             lines.append(f'name = "{names[party]}"')
     path = directory / "aggregator.toml"
     path.write_text("\n".join(lines) + "\n")
+    for key in keys.values():
+        site = key.with_suffix(".toml")
+        site.write_text(
+            f'ledger = "{key.stem}-ledger.jsonl"\n[policy]\nroster_file = "{path.name}"\n'
+            f"{site_policy}\n"
+        )
     return path
+
+
+def site_client(target: str, key: pathlib.Path, **kwargs: Any) -> Any:
+    """An AggregatorClient of the site whose key is ``key``, with its own policy and ledger."""
+    from secagg.client import AggregatorClient, load_identity
+    from secagg.site import load_site_config
+
+    identity = load_identity(key)
+    site = load_site_config(key.with_suffix(".toml"))
+    return AggregatorClient(
+        target, identity, policy=site.policy, ledger=site.open_ledger(identity), **kwargs
+    )
 
 
 class ServerProcess:

@@ -21,6 +21,7 @@ from tests.service.conftest import (
     ROOT,
     ClientProcess,
     ServerProcess,
+    site_client,
     write_config,
     write_keys,
 )
@@ -55,7 +56,7 @@ def _statement(party: int, round_id: int) -> SiteRecordLevelDP:
 def _dp_site(
     target: str, key: pathlib.Path, party: int, out: dict[int, Any], decline: bool
 ) -> None:
-    with AggregatorClient(target, load_identity(key), timeout=60) as client:
+    with site_client(target, key, timeout=60) as client:
         handle = client.join()
         dp = handle.info.distributed_dp
         assert dp is not None and dp.dimension == 50

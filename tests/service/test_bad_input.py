@@ -19,7 +19,7 @@ from tests.service.conftest import (
     write_config,
     write_keys,
 )
-from tests.service.scripted import RawStream, run_in_thread
+from tests.service.scripted import RawStream, relaxed_session, run_in_thread
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 
@@ -48,13 +48,13 @@ def party4(server, identity):
     s = _stream(server)
     welcome = s.hello(identity)
     params = s.join(identity, welcome)
-    wrong_stage = ConsistencySignature.create(
+    wrong_stage = ConsistencySignature.signed(
         identity,
+        params.config.digest,
         round_id=params.config.round_id,
         sender=welcome.party,
-        config_digest=params.config.digest,
         session_id=bytes(32),
-        survivors=(1, 2, 3),
+        survivors_digest=bytes(32),
     )
     s.send(encode_client_message(wrong_stage))
     out["other_stage"] = s.status()
@@ -67,13 +67,15 @@ def party5(server, identity):
     s = _stream(server)
     welcome = s.hello(identity)
     params = s.join(identity, welcome)
-    ad = AdvertiseKeys.create(
+    ad = AdvertiseKeys.signed(
         identity,
+        params.config.digest,
         round_id=params.config.round_id + 1,
         sender=welcome.party,
-        config_digest=params.config.digest,
-        cipher_public_key=bytes(range(32)),
-        mask_public_key=bytes(range(1, 33)),
+        cipher_public_key=bytes(range(2, 34)),
+        mask_public_key=bytes(range(3, 35)),
+        seed_commitment=bytes(32),
+        inbox_keys=(),
     )
     s.send(encode_client_message(ad))
     status = s.status()
@@ -83,14 +85,10 @@ def party5(server, identity):
 
 def party6(server, identity):
     """The same AdvertiseKeys twice."""
-    from secagg.protocol import ClientSession
-
     s = _stream(server)
     welcome = s.hello(identity)
     params = s.join(identity, welcome)
-    session = ClientSession(
-        params.config, welcome.party, identity, np.zeros(LENGTH, dtype=np.uint32)
-    )
+    session = relaxed_session(params, welcome.party, identity)
     frame = encode_client_message(session.advertise_keys())
     s.send(frame)
     s.send(frame)

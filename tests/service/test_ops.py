@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from secagg.client import AggregatorClient, AggregatorError, TlsOptions, load_identity
-from tests.service.conftest import ServerProcess, write_config, write_keys
+from tests.service.conftest import ServerProcess, site_client, write_config, write_keys
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(90)]
 
@@ -93,9 +93,7 @@ def test_mutual_tls_round_health_and_reflection(tmp_path: pathlib.Path, servers)
     results: dict[int, object] = {}
 
     def site(party: int) -> None:
-        with AggregatorClient(
-            server.target, load_identity(keys[party]), tls=options, timeout=30
-        ) as c:
+        with site_client(server.target, keys[party], tls=options, timeout=30) as c:
             results[party] = c.participate(updates[party])
 
     threads = [threading.Thread(target=site, args=(p,)) for p in keys]
