@@ -141,6 +141,7 @@ class GrpcRunner:
         self.keys = {name: self.dir / f"{name}.key" for name in self.names}
         for path in self.keys.values():
             self._key(path)
+        self._write_site_configs()
         self.server: _Proc | None = None
         self.target = ""
         self._dp: DistributedDPConfig | None = None
@@ -169,6 +170,20 @@ class GrpcRunner:
         except BaseException:
             self.close(export=False)
             raise
+
+    def _write_site_configs(self) -> None:
+        """Each hospital's own site TOML: the roster it pins and its signed ledger."""
+        from secagg.client import load_identity
+
+        roster = "".join(
+            f"[[policy.roster]]\nparty = {self.party[n]}\n"
+            f'public_key = "{load_identity(self.keys[n]).public_key.to_bytes().hex()}"\n'
+            for n in self.names
+        )
+        for name in self.names:
+            self.keys[name].with_suffix(".toml").write_text(
+                f'ledger = "{name}-ledger.jsonl"\n[policy]\naggregator = "secagg demo"\n{roster}'
+            )
 
     @staticmethod
     def _key(path: pathlib.Path) -> IdentityKey:

@@ -82,7 +82,7 @@ def _warm_up() -> None:
     """Load the masking kernels once, so the first round's deadlines see warm code."""
     from secagg.simulate import simulate
 
-    simulate([np.zeros(64), np.zeros(64), np.zeros(64)], clip=1.0, threshold=2)
+    simulate([np.zeros(64), np.zeros(64), np.zeros(64)], clip=1.0)
 
 
 def _round(hospital: Any, client: Any, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from secagg.client import AggregatorClient, load_identity
+    from secagg.site import load_site_config
 
     identity = load_identity(args.key)
+    site = load_site_config(args.key.with_suffix(".toml"))  # this hospital's own policy
     hospital = _site(args.run_dir, args.site_index)
     _warm_up()
     print(json.dumps({"ready": hospital.name}), flush=True)
@@ -156,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             if cmd.get("cmd") == "exit":
                 break
             if client is None:
-                client = AggregatorClient(cmd["target"], identity, timeout=300)
+                client = AggregatorClient(
+                    cmd["target"],
+                    identity,
+                    policy=site.policy,
+                    ledger=site.open_ledger(identity),
+                    timeout=300,
+                )
             reply = _round(hospital, client, cmd)
             reply["ledger"] = hospital.site.state_dict()
             _log(f"{hospital.name}: round {cmd['round_id']}: {reply['status']}")

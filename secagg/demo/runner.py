@@ -30,7 +30,7 @@ from secagg.accounting.report import PrivacyReport, SiteRecordLevelDP
 from secagg.crypto import IdentityKey
 from secagg.dp.distributed import DistributedDPConfig
 from secagg.errors import BudgetExceeded, ConfigError, RoundAborted
-from secagg.protocol import ACTIVE_STAGES, RoundConfig, Stage
+from secagg.protocol import ACTIVE_STAGES, RoundConfig, SitePolicy, Stage
 from secagg.simulate import run_round
 
 __all__ = [
@@ -116,13 +116,18 @@ class InProcessRunner:
     would be. Party ids are the hospitals' 1-based positions in ``hospitals``.
     """
 
-    def __init__(self, hospitals: Sequence[Hospital]) -> None:
+    def __init__(self, hospitals: Sequence[Hospital], policy: SitePolicy | None = None) -> None:
+        """``policy``: every hospital's site policy (default: the strict one, trusting the
+        hospitals' own keys; a round's roster is the hospitals that take part)."""
         names = [h.name for h in hospitals]
         if len(set(names)) != len(names):
             raise ConfigError("hospital names must be unique")
         self._hospitals = {h.name: h for h in hospitals}
         self._party = {name: k + 1 for k, name in enumerate(names)}
         self._identities = {self._party[n]: IdentityKey.generate() for n in names}
+        self._policy = policy or SitePolicy.trusting_keys(
+            [k.public_key for k in self._identities.values()]
+        )
 
     def run(self, task: RoundTask) -> RoundOutcome:
         unknown = set(task.roster) - set(self._hospitals)
@@ -159,6 +164,7 @@ class InProcessRunner:
             {p: self._identities[p] for p in parties},
             {self._party[n]: c.encoded for n, c in contributions.items()},
             dropouts=schedule,
+            policy=self._policy,
         )
         return RoundOutcome(
             round_id=task.round_id,

@@ -17,7 +17,9 @@ from secagg.demo.data import WDBC_PUBLISHED_RANGES, load_demo_data
 from secagg.demo.federated import DemoConfig, run_demo
 from secagg.reporting import RunDirectory
 
-SMALL = {"rounds": 3, "local_epochs": 1}
+# Seven hospitals: their strict policies need t = 5 of 7, so a round survives one declining
+# hospital (hospital-2, over its budget) plus one dropout.
+SMALL = {"rounds": 3, "local_epochs": 1, "sites": 7}
 
 
 def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
@@ -42,7 +44,7 @@ def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
         assert report.to_json() == raw  # schema round trip, byte for byte
         assert report.round_id == rid and report.protection_mode == "mask"
         assert "hospital-2" not in report.participants
-        assert report.site_level is not None and report.site_level.min_clients == 3
+        assert report.site_level is not None and report.site_level.min_clients == 5
         assert {r.site for r in report.record_level} <= set(report.participants) | set(
             report.dropouts
         )
@@ -50,13 +52,13 @@ def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
         assert "hospital-2" in record.declined
         assert record.survivors == report.participants
 
-    # Round 2 drops hospital-3 at the masked input (not in the sum); round 3 drops hospital-1
+    # Round 2 drops hospital-3 at the masked input (not in the sum); round 3 drops hospital-6
     # before unmasking (its input is in the sum).
     r2, r3 = rd.read_record(2), rd.read_record(3)
     assert r2.dropouts == {"masked_input": ("hospital-3",)}
     assert "hospital-3" not in r2.survivors
-    assert r3.dropouts == {"unmask": ("hospital-1",)}
-    assert "hospital-1" in r3.survivors
+    assert r3.dropouts == {"unmask": ("hospital-6",)}
+    assert "hospital-6" in r3.survivors
 
     # The stored accountant replays to the reported cumulative site-level epsilon.
     state = rd.read_accountant_state(3)
@@ -64,15 +66,15 @@ def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
     acc.load_state_dict(state["site_level"])
     assert len(acc.history) == 3
     assert acc.get_epsilon(1e-5) == pytest.approx(result.reports[-1].site_level.epsilon_cumulative)
-    assert set(state["record_level"]) == {f"hospital-{k}" for k in range(1, 6)}
+    assert set(state["record_level"]) == {f"hospital-{k}" for k in range(1, 8)}
 
     html = (run_dir / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
     assert "hospital-2" in html and "<table>" in html
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(summary["comparison"]) == 6
+    assert len(summary["comparison"]) == 8
     assert "declines" in text and "federated F1" in text and "report:" in text
-    assert np.isfinite(result.federated_f1) and len(result.baselines) == 5
+    assert np.isfinite(result.federated_f1) and len(result.baselines) == 7
 
 
 def test_resumed_run_continues_the_ledger(tmp_path: Path) -> None:
@@ -158,10 +160,10 @@ def test_reduced_demo_over_grpc_with_real_dropouts_and_verifiable_audit_records(
     # The dropouts were real: the aggregator's deadline cut the silent hospitals off.
     log = (run_dir / "grpc" / "aggregator.log").read_text()
     assert '"event":"client_missed_deadline","round":2,"party":3,"stage":"masked_input"' in log
-    assert '"event":"client_missed_deadline","round":3,"party":1,"stage":"unmask"' in log
+    assert '"event":"client_missed_deadline","round":3,"party":6,"stage":"unmask"' in log
     r2, r3 = rd.read_record(2), rd.read_record(3)
     assert r2.dropouts == {"masked_input": ("hospital-3",)} and "hospital-3" not in r2.survivors
-    assert r3.dropouts == {"unmask": ("hospital-1",)} and "hospital-1" in r3.survivors
+    assert r3.dropouts == {"unmask": ("hospital-6",)} and "hospital-6" in r3.survivors
     for rid in (1, 2, 3):
         assert "hospital-2" in rd.read_record(rid).declined  # its budget: it declined each round
 
@@ -179,7 +181,7 @@ def test_reduced_demo_over_grpc_with_real_dropouts_and_verifiable_audit_records(
     acc.load_state_dict(rd.read_accountant_state(3)["site_level"])
     assert acc.get_epsilon(1e-5) == pytest.approx(last.site_level.epsilon_cumulative)
     ledgers = rd.read_accountant_state(3)["record_level"]
-    assert set(ledgers) == {f"hospital-{k}" for k in range(1, 6)}
+    assert set(ledgers) == {f"hospital-{k}" for k in range(1, 8)}
     assert (run_dir / "report.html").is_file()
     assert "audit records:" in buf.getvalue()
 
