@@ -45,10 +45,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from benchmarks._report import machine_lines, write_section
 from secagg.integrations.flower import RECORD_KEY, SecAggWorkflow, make_secagg_mod
-from secagg.protocol import AdversaryClass, SitePolicy
-
 from secagg.integrations.flower.simulation import run_simulation_in_process
 from secagg.kernels import set_num_threads
+from secagg.protocol import AdversaryClass, SitePolicy
 
 # Both stacks run Flower's (num_shares, threshold): secagg's sites accept them by a relaxed
 # policy, asked for by name (this benchmark measures speed, not the policy).
