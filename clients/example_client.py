@@ -20,12 +20,17 @@ import sys
 import numpy as np
 
 from secagg.client import AggregatorClient, RoundAborted, TlsOptions, load_identity
+from secagg.errors import PolicyViolation
+from secagg.site import load_site_config
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="aggregator host:port")
     parser.add_argument("--key", required=True, type=pathlib.Path, help="identity key file")
+    parser.add_argument(
+        "--site", required=True, type=pathlib.Path, help="site TOML ([policy] and ledger)"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="rounds to take part in")
     parser.add_argument("--update", type=pathlib.Path, help=".npy file with the update")
     parser.add_argument("--ca", type=pathlib.Path, help="CA / server certificate (PEM) for TLS")
@@ -44,10 +49,22 @@ def main() -> int:
             server_name_override=args.server_name,
         )
     identity = load_identity(args.key)
+    site = load_site_config(args.site)
     rng = np.random.default_rng()
-    with AggregatorClient.connect(args.target, identity, tls=tls, timeout=args.timeout) as client:
+    with AggregatorClient.connect(
+        args.target,
+        identity,
+        tls=tls,
+        timeout=args.timeout,
+        policy=site.policy,
+        ledger=site.open_ledger(identity),
+    ) as client:
         for _ in range(args.rounds):
-            handle = client.join()
+            try:
+                handle = client.join()
+            except PolicyViolation as exc:
+                print(f"this site refused the round: {exc}", file=sys.stderr)
+                return 3
             info = handle.info
             print(
                 f"joined round {info.round_id} as party {info.party}: {info.vector_length} "

@@ -21,6 +21,13 @@ def register(sub: Any) -> None:
     show.add_argument("key", type=pathlib.Path)
     show.add_argument("--party", type=int, help="party id: print a [[roster]] entry")
     show.set_defaults(handler=public)
+    fp = ksub.add_parser(
+        "roster-fingerprint",
+        help="print the fingerprint of the [[roster]] entries of a TOML file (for a site's "
+        "[policy] roster_fingerprint)",
+    )
+    fp.add_argument("config", type=pathlib.Path, help="a TOML file with [[roster]] entries")
+    fp.set_defaults(handler=roster_fingerprint)
 
 
 def _print_public(key_path: pathlib.Path, party: int | None) -> None:
@@ -52,4 +59,16 @@ def generate(args: argparse.Namespace) -> int:
 
 def public(args: argparse.Namespace) -> int:
     _print_public(args.key, args.party)
+    return 0
+
+
+def roster_fingerprint(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from secagg.protocol import roster_fingerprint as fingerprint
+    from secagg.site import read_roster
+
+    doc = tomllib.loads(args.config.read_text())
+    roster = read_roster(doc.get("roster"), f"{args.config} [[roster]]")
+    print(fingerprint(roster).hex())
     return 0
