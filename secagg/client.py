@@ -52,14 +52,14 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.accounting.report import PrivacyReport, SiteRecordLevelDP
-from secagg.crypto import IdentityKey, IdentityPublicKey
+from secagg.crypto import IdentityKey, IdentityPublicKey, lp_encode
 from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError, RoundAborted
 from secagg.protocol import SiteLedger, SitePolicy, Stage
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
-from secagg.transport.client import ChunkEvent, EventHook, OpenRound, fetch_result
+from secagg.transport.client import ChunkEvent, EventHook, OpenRound, fetch_result, request_auth
 from secagg.transport.errors import AggregatorError, error_from_status
 from secagg.transport.tls import TlsOptions, channel_credentials, is_loopback
 
@@ -440,8 +440,9 @@ class AggregatorClient:
         signed audit record (``audit_record``, canonical JSON text, verifiable with
         :func:`secagg.audit.verify_records`) and the privacy report (``privacy_report``)."""
         try:
+            auth = request_auth(self.identity, "GetRoundRecord", lp_encode(round_id))
             r = self._stub.GetRoundRecord(
-                pb.GetRoundRecordRequest(round_id=round_id), timeout=self.timeout
+                pb.GetRoundRecordRequest(round_id=round_id, auth=auth), timeout=self.timeout
             )
         except grpc.RpcError as exc:
             raise error_from_status(exc.code(), exc.details()) from None
@@ -471,8 +472,9 @@ class AggregatorClient:
 
     def list_rounds(self, start_round_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         try:
+            auth = request_auth(self.identity, "ListRounds", lp_encode(start_round_id, limit))
             resp = self._stub.ListRounds(
-                pb.ListRoundsRequest(start_round_id=start_round_id, limit=limit),
+                pb.ListRoundsRequest(start_round_id=start_round_id, limit=limit, auth=auth),
                 timeout=self.timeout,
             )
         except grpc.RpcError as exc:

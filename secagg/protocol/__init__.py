@@ -19,6 +19,7 @@ from secagg.protocol.messages import (
     ShareKeys,
     Stage,
     SurvivorsRequest,
+    UnmaskReceipt,
     UnmaskRequest,
     UnmaskShares,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "SitePolicy",
     "Stage",
     "SurvivorsRequest",
+    "UnmaskReceipt",
     "UnmaskRequest",
     "UnmaskShares",
     "choose_parameters",

@@ -771,6 +771,7 @@ class ClientSession:
             round_id=cfg.round_id,
             sender=self.party,
             session_id=self._session_id,
+            survivors_digest=msg.survivors_digest,
             self_mask_shares=tuple(self_mask_shares),
             mask_key_shares=tuple(mask_key_shares),
         )

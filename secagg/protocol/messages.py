@@ -55,6 +55,7 @@ __all__ = [
     "ShareKeys",
     "Stage",
     "SurvivorsRequest",
+    "UnmaskReceipt",
     "UnmaskRequest",
     "UnmaskShares",
     "compute_session_id",
@@ -461,6 +462,51 @@ class ConsistencySignature(_SignedClientMessage):
         return survivors_payload(self.survivors_digest)
 
 
+def unmask_payload(
+    survivors_digest: bytes,
+    self_mask_owners: tuple[int, ...],
+    mask_key_owners: tuple[int, ...],
+    shares_digest: bytes,
+) -> bytes:
+    """What an :class:`UnmaskShares` signature covers: its receipt needs no share to verify."""
+    return lp_encode(
+        "unmask",
+        survivors_digest,
+        len(self_mask_owners),
+        *self_mask_owners,
+        *mask_key_owners,
+        shares_digest,
+    )
+
+
+@dataclass(frozen=True)
+class UnmaskReceipt:
+    """A site's signed statement of what it revealed in a round, without the shares: which
+    owners' self-mask seed shares and mask-key shares, under which signed survivor digest.
+
+    It is the :class:`UnmaskShares` signature itself, so the aggregator cannot forge one and must
+    keep the ones it received (its round record lists them).
+    """
+
+    round_id: int
+    sender: int
+    session_id: bytes
+    survivors_digest: bytes
+    self_mask_owners: tuple[int, ...]
+    mask_key_owners: tuple[int, ...]
+    shares_digest: bytes
+    signature: bytes
+
+    def verify(self, key: IdentityPublicKey, config_digest: bytes) -> None:
+        context = signing_context(
+            Stage.UNMASK, self.round_id, config_digest, self.session_id, self.sender
+        )
+        payload = unmask_payload(
+            self.survivors_digest, self.self_mask_owners, self.mask_key_owners, self.shares_digest
+        )
+        key.verify(self.signature, context, payload)
+
+
 @dataclass(frozen=True)
 class UnmaskShares(_SignedClientMessage):
     """Stage 4: self-mask shares of survivors and mask-key shares of dropped peers.
@@ -471,6 +517,7 @@ class UnmaskShares(_SignedClientMessage):
     stage: ClassVar[Stage] = Stage.UNMASK
 
     session_id: bytes
+    survivors_digest: bytes
     self_mask_shares: tuple[tuple[int, bytes], ...]  # (owner, share of owner's self-mask seed)
     mask_key_shares: tuple[tuple[int, bytes], ...]  # (owner, share of owner's mask private key)
     signature: bytes
@@ -478,6 +525,7 @@ class UnmaskShares(_SignedClientMessage):
     def __post_init__(self) -> None:
         self._validate_common()
         _check_bytes("session_id", self.session_id, SESSION_ID_BYTES)
+        _check_bytes("survivors_digest", self.survivors_digest, DIGEST_BYTES)
         _check_pairs("self_mask_shares", self.self_mask_shares, SHARE_BYTES)
         _check_pairs("mask_key_shares", self.mask_key_shares, SHARE_BYTES)
         _check_bytes("signature", self.signature, SIGNATURE_BYTES)
@@ -485,11 +533,31 @@ class UnmaskShares(_SignedClientMessage):
     def _session(self) -> bytes:
         return self.session_id
 
+    def shares_digest(self) -> bytes:
+        h = hashlib.blake2b(digest_size=32)
+        for _, share in self.self_mask_shares + self.mask_key_shares:
+            h.update(share)
+        return h.digest()
+
     def payload(self) -> bytes:
-        flat: list[bytes | int | str] = ["unmask", len(self.self_mask_shares)]
-        for owner, share in self.self_mask_shares + self.mask_key_shares:
-            flat += [owner, share]
-        return lp_encode(*flat)
+        return unmask_payload(
+            self.survivors_digest,
+            tuple(o for o, _ in self.self_mask_shares),
+            tuple(o for o, _ in self.mask_key_shares),
+            self.shares_digest(),
+        )
+
+    def receipt(self) -> UnmaskReceipt:
+        return UnmaskReceipt(
+            self.round_id,
+            self.sender,
+            self.session_id,
+            self.survivors_digest,
+            tuple(o for o, _ in self.self_mask_shares),
+            tuple(o for o, _ in self.mask_key_shares),
+            self.shares_digest(),
+            self.signature,
+        )
 
 
 ClientMessage: TypeAlias = (

@@ -60,6 +60,7 @@ from secagg.protocol.messages import (
     ShareKeys,
     Stage,
     SurvivorsRequest,
+    UnmaskReceipt,
     UnmaskRequest,
     UnmaskShares,
     compute_session_id,
@@ -108,6 +109,7 @@ class RoundTranscript:
     survivors_digest: bytes
     consistency_signatures: tuple[tuple[int, bytes], ...]
     cheaters: Mapping[int, str]
+    unmask_receipts: tuple[UnmaskReceipt, ...]
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class ServerSession:
         self._seed_shares: dict[int, dict[int, bytes]] = {}  # owner -> holder -> share
         self._key_shares: dict[int, dict[int, bytes]] = {}
         self._cheaters: dict[int, str] = {}
+        self._receipts: dict[int, UnmaskReceipt] = {}
         self._accumulator: npt.NDArray[np.uint32] | None = None
         self._result: AggregateResult | None = None
 
@@ -193,6 +196,7 @@ class ServerSession:
             survivors_digest=self._survivors_digest,
             consistency_signatures=tuple(sorted(self._consistency.items())),
             cheaters=MappingProxyType(dict(self._cheaters)),
+            unmask_receipts=tuple(self._receipts[p] for p in sorted(self._receipts)),
         )
 
     def participants(self, stage: Stage) -> frozenset[int]:
@@ -454,6 +458,8 @@ class ServerSession:
     def _check_unmask(self, message: UnmaskShares) -> None:
         cfg = self.config
         sender = message.sender
+        if message.survivors_digest != self._survivors_digest:
+            raise MalformedMessage("the unmask shares answer another survivor set")
         dropped = set(self._dropped)
         for owners, allowed, kind in (
             (message.self_mask_shares, self._survivor_set, "seed"),
@@ -485,6 +491,7 @@ class ServerSession:
                     raise CheatingDetected(sender, reason)
 
     def _accept_unmask(self, message: UnmaskShares) -> None:
+        self._receipts[message.sender] = message.receipt()
         for owner, share in message.self_mask_shares:
             self._seed_shares.setdefault(owner, {})[message.sender] = share
         for owner, share in message.mask_key_shares:

@@ -33,7 +33,7 @@ from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
 from secagg.transport.codec import RoundParameters
 from secagg.transport.errors import NotJoinable, ShuttingDown, UnknownIdentity
-from secagg.transport.servicer import AggregatorServicer
+from secagg.transport.servicer import MAX_STREAMS_PER_IDENTITY, AggregatorServicer
 from secagg.transport.tls import server_credentials
 
 __all__ = ["SERVICE_NAME", "Aggregator"]
@@ -91,6 +91,7 @@ class Aggregator:
         self._verified: set[int] = set()
         self._verify_lock = threading.Lock()
         self._roster_keys = {k.to_bytes() for k in config.roster.values()}
+        self._auditor_keys = {k.to_bytes() for k in config.auditors}
         self.server: grpc.Server | None = None
         self.health = health.HealthServicer()
         self.port = 0
@@ -102,6 +103,17 @@ class Aggregator:
             raise UnknownIdentity(
                 "this identity key is not in the aggregator's roster; ask its operator to add "
                 "the public key"
+            )
+
+    def is_auditor(self, public_key: bytes) -> bool:
+        return bytes(public_key) in self._auditor_keys
+
+    def check_reader(self, public_key: bytes) -> None:
+        """Results and records are for roster members and configured auditors only."""
+        if bytes(public_key) not in self._roster_keys and not self.is_auditor(public_key):
+            raise UnknownIdentity(
+                "this identity may not read this aggregator's rounds (neither a roster member "
+                "nor a configured auditor)"
             )
 
     def round_for_join(self) -> RoundCoordinator:
@@ -162,7 +174,14 @@ class Aggregator:
 
     def start(self) -> int:
         cfg = self.config
-        workers = len(cfg.roster) + 16
+        # One worker per site's stream, the outsiders' capped share, the unary calls, and slack:
+        # silent unauthenticated streams can never take the sites' workers.
+        workers = (
+            MAX_STREAMS_PER_IDENTITY * len(cfg.roster)
+            + cfg.max_unauthenticated_streams
+            + cfg.max_unary_calls
+            + 16
+        )
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),

@@ -112,6 +112,14 @@ class ServiceConfig:
     context: bytes = b""
     join_wait: float = 30.0
     handshake_timeout: float = 30.0
+    hello_timeout: float = 5.0
+    """Seconds a new stream has to send its signed Hello (outsiders are cut off after it)."""
+    max_unauthenticated_streams: int = 32
+    """Streams that have not yet proven an identity, at once (well below the worker pool)."""
+    max_unary_calls: int = 8
+    """Concurrent GetRoundRecord / ListRounds calls (their own capacity)."""
+    auditors: tuple[IdentityPublicKey, ...] = field(default=(), repr=False)
+    """Identity keys, besides the roster's, allowed to read results and records."""
     shutdown_grace: float = 5.0
     max_message_bytes: int = 4 * MiB
     max_chunk_bytes: int = 1 * MiB
@@ -169,6 +177,12 @@ class ServiceConfig:
 
     def with_overrides(self, **changes: Any) -> ServiceConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _auditors(value: Any) -> tuple[IdentityPublicKey, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("auditors must be a list of public keys (hex or base64)")
+    return tuple(parse_public_key(str(k)) for k in value)
 
 
 def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -396,6 +410,12 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
         "context": context.encode(),
         "join_wait": float(_number(service, "join_wait", "[service] ", 30.0)),
         "handshake_timeout": float(_number(service, "handshake_timeout", "[service] ", 30.0)),
+        "hello_timeout": float(_number(service, "hello_timeout", "[service] ", 5.0)),
+        "max_unauthenticated_streams": int(
+            _number(service, "max_unauthenticated_streams", "[service] ", 32)
+        ),
+        "max_unary_calls": int(_number(service, "max_unary_calls", "[service] ", 8)),
+        "auditors": _auditors(doc.get("auditors", [])),
         "shutdown_grace": float(_number(service, "shutdown_grace", "[service] ", 5.0)),
         "max_message_bytes": int(_number(limits, "max_message_bytes", "[limits] ", 4 * MiB)),
         "max_chunk_bytes": int(_number(limits, "max_chunk_bytes", "[limits] ", MiB)),

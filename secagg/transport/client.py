@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.accounting.report import SiteRecordLevelDP
-from secagg.crypto import IdentityKey, random_seed, uniform_floats
+from secagg.crypto import IdentityKey, lp_encode, random_seed, uniform_floats
 from secagg.dp.distributed import derive_params
 from secagg.errors import (
     ConfigError,
@@ -42,13 +42,14 @@ from secagg.transport.codec import (
     encode_client_message,
     masked_input_frames,
     result_digest,
-    sign_get_result,
+    sign_hello,
     sign_join,
     sign_record_statement,
+    sign_request,
 )
 from secagg.transport.errors import AggregatorError, error_from_status
 
-__all__ = ["ChunkEvent", "OpenRound", "fetch_result"]
+__all__ = ["ChunkEvent", "OpenRound", "fetch_result", "request_auth"]
 
 ENCODE_BLOCK = 1 << 20
 
@@ -94,10 +95,20 @@ class OpenRound:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._call = stub.Participate(self._requests(), timeout=timeout, metadata=metadata)
         self._closed = False
+        frame = self._next()
+        if frame is None or frame.WhichOneof("frame") != "challenge":
+            self.cancel()
+            raise MaliciousServerError("the aggregator did not open the stream with a challenge")
+        challenge = bytes(frame.challenge.nonce)
+        if len(challenge) != 32:
+            self.cancel()
+            raise MaliciousServerError("the challenge nonce is not 32 bytes")
         self._queue.put(
             pb.ClientFrame(
                 hello=pb.Hello(
-                    identity_public_key=identity.public_key.to_bytes(), protocol_version=1
+                    identity_public_key=identity.public_key.to_bytes(),
+                    protocol_version=1,
+                    signature=sign_hello(identity, challenge),
                 )
             )
         )
@@ -119,9 +130,9 @@ class OpenRound:
                 "client's identity"
             )
         self._nonce = bytes(welcome.nonce)
-        if len(self._nonce) != 32:
+        if self._nonce != challenge:
             self.cancel()
-            raise MaliciousServerError("the Welcome nonce is not 32 bytes")
+            raise MaliciousServerError("the Welcome nonce is not the stream's challenge")
         self._max_chunk_bytes = int(welcome.max_chunk_bytes) or 1 << 20
         self._formats = tuple(int(f) for f in welcome.formats) or (words.UINT32_LE,)
         # The site decides now, before it computes or reveals anything.
@@ -313,6 +324,11 @@ class OpenRound:
         self._queue.put(announced())
 
 
+def request_auth(identity: IdentityKey, method: str, fields: bytes) -> pb.RequestAuth:
+    """A signed read request: results and records are for roster members and auditors only."""
+    return sign_request(identity, method, fields, int(time.time() * 1000))
+
+
 def fetch_result(
     stub: pb_grpc.AggregatorStub,
     identity: IdentityKey,
@@ -322,12 +338,8 @@ def fetch_result(
     expected_digest: bytes | None = None,
 ) -> tuple[pb.ResultHeader, npt.NDArray[np.uint32]]:
     """Download a completed round's modular sum; checks offsets, sizes and the digest."""
-    issued = int(time.time() * 1000)
     request = pb.GetResultRequest(
-        round_id=round_id,
-        identity_public_key=identity.public_key.to_bytes(),
-        issued_at_ms=issued,
-        signature=sign_get_result(identity, round_id, issued),
+        round_id=round_id, auth=request_auth(identity, "GetResult", lp_encode(round_id))
     )
     header: pb.ResultHeader | None = None
     total: npt.NDArray[np.uint32] | None = None

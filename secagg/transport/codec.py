@@ -35,7 +35,13 @@ from secagg.crypto import (
 )
 from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
-from secagg.errors import ConfigError, MalformedMessage, ReplayedMessage, UnexpectedMessage
+from secagg.errors import (
+    ConfigError,
+    InvalidSignature,
+    MalformedMessage,
+    ReplayedMessage,
+    UnexpectedMessage,
+)
 from secagg.protocol import (
     ACTIVE_STAGES,
     AdvertiseKeys,
@@ -69,20 +75,24 @@ __all__ = [
     "distributed_dp_to_json",
     "encode_client_message",
     "encode_server_message",
-    "get_result_payload",
+    "hello_payload",
     "join_payload",
     "masked_input_frames",
+    "request_payload",
     "result_digest",
-    "sign_get_result",
+    "sign_hello",
     "sign_join",
     "sign_record_statement",
-    "verify_get_result",
+    "sign_request",
+    "verify_hello",
     "verify_join",
+    "verify_request",
 ]
 
 DEFAULT_CHUNK_WORDS = 1 << 18  # 1 MiB of uint32 per chunk: far below gRPC's 4 MiB default limit
 _JOIN_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "join")
-_GET_RESULT_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "get-result")
+_HELLO_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "hello")
+_REQUEST_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "request")
 _RECORD_DP_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "record-dp")
 MAX_STATEMENT_BYTES = 4096
 _MAX_PARTY = 2**31 - 2
@@ -305,18 +315,56 @@ def verify_join(
     key.verify(signature, _JOIN_CONTEXT, join_payload(nonce, config_digest, round_id, party))
 
 
-def get_result_payload(round_id: int, issued_at_ms: int) -> bytes:
-    return lp_encode("get-result", round_id, issued_at_ms)
+def hello_payload(nonce: bytes, identity_public_key: bytes) -> bytes:
+    return lp_encode("hello", nonce, identity_public_key)
 
 
-def sign_get_result(identity: IdentityKey, round_id: int, issued_at_ms: int) -> bytes:
-    return identity.sign(_GET_RESULT_CONTEXT, get_result_payload(round_id, issued_at_ms))
+def sign_hello(identity: IdentityKey, nonce: bytes) -> bytes:
+    """Proof of possession of the identity key, over the stream's challenge nonce."""
+    return identity.sign(_HELLO_CONTEXT, hello_payload(nonce, identity.public_key.to_bytes()))
 
 
-def verify_get_result(
-    key: IdentityPublicKey, signature: bytes, round_id: int, issued_at_ms: int
-) -> None:
-    key.verify(signature, _GET_RESULT_CONTEXT, get_result_payload(round_id, issued_at_ms))
+def verify_hello(key: IdentityPublicKey, signature: bytes, nonce: bytes) -> None:
+    """Raise InvalidSignature unless the holder of ``key`` signed this stream's challenge."""
+    key.verify(signature, _HELLO_CONTEXT, hello_payload(nonce, key.to_bytes()))
+
+
+def request_payload(method: str, request: bytes, issued_at_ms: int) -> bytes:
+    return lp_encode("request", method, request, issued_at_ms)
+
+
+def sign_request(
+    identity: IdentityKey, method: str, request: bytes, issued_at_ms: int
+) -> pb.RequestAuth:
+    """The authentication of a unary request: ``request`` is its canonical fields (lp_encode)."""
+    return pb.RequestAuth(
+        identity_public_key=identity.public_key.to_bytes(),
+        issued_at_ms=issued_at_ms,
+        signature=identity.sign(_REQUEST_CONTEXT, request_payload(method, request, issued_at_ms)),
+    )
+
+
+def verify_request(
+    auth: pb.RequestAuth, method: str, request: bytes, *, now_ms: int, window_ms: int
+) -> IdentityPublicKey:
+    """The identity that signed ``auth`` for this method and request (InvalidSignature if none,
+    or if it was issued outside ``window_ms`` of ``now_ms``)."""
+    try:
+        key = IdentityPublicKey.from_bytes(bytes(auth.identity_public_key))
+    except ConfigError:
+        raise InvalidSignature("the request is not signed by an Ed25519 identity") from None
+    skew = abs(now_ms - int(auth.issued_at_ms))
+    if skew > window_ms:
+        raise InvalidSignature(
+            f"the request was issued {skew / 1000:.0f} s away from the aggregator's clock "
+            f"(at most {window_ms // 1000} s)"
+        )
+    key.verify(
+        bytes(auth.signature),
+        _REQUEST_CONTEXT,
+        request_payload(method, request, int(auth.issued_at_ms)),
+    )
+    return key
 
 
 def record_statement_payload(
@@ -497,6 +545,7 @@ def encode_client_message(
                 round_id=message.round_id,
                 sender=message.sender,
                 session_id=message.session_id,
+                survivors_digest=message.survivors_digest,
                 self_mask_shares=_to_pairs(message.self_mask_shares),
                 mask_key_shares=_to_pairs(message.mask_key_shares),
                 signature=message.signature,
@@ -532,6 +581,7 @@ def decode_client_message(
             int(u.round_id),
             int(u.sender),
             u.session_id,
+            u.survivors_digest,
             _pairs(u.self_mask_shares, SHARE_BYTES, "self-mask share"),
             _pairs(u.mask_key_shares, SHARE_BYTES, "mask-key share"),
             u.signature,

@@ -8,6 +8,7 @@ then out of the round (a dropout), and the round goes on for everybody else.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from secagg.crypto import IdentityPublicKey
-from secagg.errors import InvalidSignature, MalformedMessage, SecAggError, UnexpectedMessage
+from secagg.crypto import IdentityPublicKey, lp_encode
+from secagg.errors import MalformedMessage, SecAggError, UnexpectedMessage
 from secagg.service.coordinator import END, Outbox, RoundCoordinator, Terminate
 from secagg.service.logs import log_event
 from secagg.service.records import AUDIT_KIND, REPORT_KIND, stored_json
@@ -30,7 +31,8 @@ from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
 from secagg.transport.codec import (
     MaskedInputSpool,
     decode_client_message,
-    verify_get_result,
+    verify_hello,
+    verify_request,
 )
 from secagg.transport.errors import (
     DeadlineMissed,
@@ -46,7 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AggregatorServicer"]
 
-GET_RESULT_WINDOW_MS = 300_000
+REQUEST_WINDOW_MS = 300_000
+"""Signed unary requests must be issued within this many ms of the aggregator's clock."""
 MIN_CHUNK_WORDS = 1024
 RESULT_CHUNK_WORDS = 1 << 18
 # Masked-input chunks read at once over all uploads (docs/service.md §8): an uploading stream
@@ -57,6 +60,9 @@ UPLOAD_SLOTS = 2
 UPLOAD_SLOT_LEASE_S = 2.0
 # Result chunks in flight at once over all GetResult calls (same gate, same reason).
 DOWNLOAD_SLOTS = 4
+# Authenticated Participate streams one identity may hold at once (one round, one spare while a
+# dead connection is being noticed).
+MAX_STREAMS_PER_IDENTITY = 2
 
 
 class UploadGate:
@@ -109,9 +115,13 @@ class _Stream:
         self.spool: MaskedInputSpool | None = None
         self.frames = 0
         self.bytes = 0
-        self.handshake_deadline: float | None = (
-            time.monotonic() + aggregator.config.handshake_timeout
-        )
+        # A stream must prove its identity within hello_timeout; until then it holds one of the
+        # few unauthenticated slots (see AggregatorServicer.Participate).
+        self.handshake_deadline: float | None = time.monotonic() + aggregator.config.hello_timeout
+        self.authenticated = False
+        self.identity: bytes | None = None
+        self.challenge = os.urandom(32)
+        self.outbox.send(pb.ServerFrame(challenge=pb.Challenge(nonce=self.challenge)))
         self._lock = threading.Lock()
 
     # --- reader thread ------------------------------------------------------------
@@ -207,18 +217,26 @@ class _Stream:
             self.round.submit(self.party, decode_client_message(frame))
 
     def _hello(self, hello: pb.Hello) -> None:
-        if self.round is not None:
+        if self.round is not None or self.authenticated:
             raise UnexpectedMessage("a second Hello on one stream")
         key = bytes(hello.identity_public_key)
         if len(key) != 32:
             raise MalformedMessage("the identity public key must be 32 bytes")
-        self.aggregator.check_identity(key)  # PERMISSION_DENIED before waiting for a round
+        self.aggregator.check_identity(key)  # PERMISSION_DENIED before anything else
+        # Proof of possession: nothing about the rounds is sent to a mere holder of a public key.
+        verify_hello(IdentityPublicKey.from_bytes(key), bytes(hello.signature), self.challenge)
+        self.authenticated = True
+        self.identity = key
+        self.on_authenticated(self)
         self.handshake_deadline = None
         self.round = self.aggregator.round_for_join()
         self.party = self.round.party_of(key)
-        self.nonce = os.urandom(32)
+        self.nonce = self.challenge
         self.handshake_deadline = time.monotonic() + self.aggregator.config.handshake_timeout
         self.outbox.send(self.round.welcome(self.party, self.nonce))
+
+    def on_authenticated(self, stream: _Stream) -> None:
+        """Replaced by the servicer: moves the stream from the unauthenticated slots."""
 
     def _join(self, join: pb.Join) -> None:
         if self.round is None or self.party is None:
@@ -295,6 +313,66 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self.log = aggregator.log
         self.upload_gate: UploadGate | None = UploadGate(UPLOAD_SLOTS)
         self.download_gate: UploadGate | None = UploadGate(DOWNLOAD_SLOTS)
+        cfg = aggregator.config
+        self._admission = threading.Lock()
+        self._unauthenticated = 0
+        self._streams_of: dict[bytes, int] = {}
+        self._unary = threading.BoundedSemaphore(cfg.max_unary_calls)
+
+    # --- admission: outsiders cannot hold the workers the sites need ----------------------
+
+    def _admit(self, context: grpc.ServicerContext) -> bool:
+        with self._admission:
+            if self._unauthenticated >= self.aggregator.config.max_unauthenticated_streams:
+                full = True
+            else:
+                self._unauthenticated += 1
+                full = False
+        if full:
+            log_event(self.log, "stream_refused", logging.WARNING, why="unauthenticated_cap")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many streams are waiting to authenticate; retry in a few seconds",
+            )
+        return True
+
+    def _authenticated(self, stream: _Stream) -> None:
+        key = stream.identity
+        assert key is not None
+        with self._admission:
+            self._unauthenticated -= 1
+            count = self._streams_of.get(key, 0)
+            if count >= MAX_STREAMS_PER_IDENTITY:
+                self._unauthenticated += 1  # released with the stream, like an outsider's
+                stream.authenticated = False
+                raise LimitExceeded(
+                    f"this identity already holds {count} streams (at most "
+                    f"{MAX_STREAMS_PER_IDENTITY})"
+                )
+            self._streams_of[key] = count + 1
+
+    def _release(self, stream: _Stream) -> None:
+        with self._admission:
+            if stream.authenticated and stream.identity is not None:
+                left = self._streams_of.get(stream.identity, 1) - 1
+                if left:
+                    self._streams_of[stream.identity] = left
+                else:
+                    self._streams_of.pop(stream.identity, None)
+            else:
+                self._unauthenticated -= 1
+
+    def _reader(self, auth: pb.RequestAuth, method: str, request: bytes) -> IdentityPublicKey:
+        """The roster member or auditor that signed this read request (refuse anyone else)."""
+        key = verify_request(
+            auth,
+            method,
+            request,
+            now_ms=int(time.time() * 1000),
+            window_ms=REQUEST_WINDOW_MS,
+        )
+        self.aggregator.check_reader(key.to_bytes())
+        return key
 
     def _gated_chunks(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """Result chunks, each read and sent under a slot of the download gate (like uploads)."""
@@ -316,8 +394,18 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def Participate(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterator[pb.ClientFrame], context: grpc.ServicerContext
     ) -> Iterator[pb.ServerFrame]:
+        self._admit(context)
         stream = _Stream(self.aggregator, context, self.upload_gate)
+        stream.on_authenticated = self._authenticated  # type: ignore[method-assign]
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self._release(stream)
+
         context.add_callback(stream.lost)
+        context.add_callback(release)
         reader = threading.Thread(
             target=stream.read_loop, args=(request_iterator,), daemon=True, name="secagg-reader"
         )
@@ -330,12 +418,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                     return
                 deadline = stream.handshake_deadline
                 if deadline is not None and time.monotonic() > deadline:
-                    stream.reject(
-                        DeadlineMissed(
-                            "no Hello/Join within "
-                            f"{self.aggregator.config.handshake_timeout:g} s of the stream opening"
-                        )
-                    )
+                    phase = "Join" if stream.authenticated else "signed Hello"
+                    stream.reject(DeadlineMissed(f"no {phase} in time: the stream is closed"))
                 continue
             if isinstance(item, Terminate):
                 context.abort(item.code, item.details)
@@ -355,25 +439,13 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self, request: pb.GetResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ResultChunk]:
         try:
+            key = self._reader(request.auth, "GetResult", lp_encode(request.round_id)).to_bytes()
             stored = self._stored(request.round_id)
-            key = bytes(request.identity_public_key)
             roster = {bytes.fromhex(k) for k in stored.config["roster"].values()}
-            if key not in roster:
+            if key not in roster and not self.aggregator.is_auditor(key):
                 raise UnknownIdentity(
                     f"this identity is not in the roster of round {request.round_id}"
                 )
-            skew = abs(int(time.time() * 1000) - request.issued_at_ms)
-            if skew > GET_RESULT_WINDOW_MS:
-                raise InvalidSignature(
-                    f"the request was issued {skew / 1000:.0f} s away from the aggregator's "
-                    f"clock (at most {GET_RESULT_WINDOW_MS // 1000} s)"
-                )
-            verify_get_result(
-                IdentityPublicKey.from_bytes(key),
-                request.signature,
-                request.round_id,
-                request.issued_at_ms,
-            )
             if stored.status == "running":
                 raise NotJoinable(f"round {request.round_id} is still running")
             if stored.status == "aborted":
@@ -421,10 +493,17 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def GetRoundRecord(  # noqa: N802
         self, request: pb.GetRoundRecordRequest, context: grpc.ServicerContext
     ) -> pb.RoundRecord:
+        with self._unary_slot(context):
+            return self._round_record(request, context)
+
+    def _round_record(
+        self, request: pb.GetRoundRecordRequest, context: grpc.ServicerContext
+    ) -> pb.RoundRecord:
         try:
+            self._reader(request.auth, "GetRoundRecord", lp_encode(request.round_id))
             stored = self._stored(request.round_id)
         except SecAggError as exc:
-            context.abort(*status_for(exc))
+            self._refuse_read(context, "GetRoundRecord", exc)
         records = self.aggregator.store.records(stored.round_id)
         return pb.RoundRecord(
             round_id=stored.round_id,
@@ -452,6 +531,32 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         )
 
     def ListRounds(  # noqa: N802
+        self, request: pb.ListRoundsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRoundsResponse:
+        with self._unary_slot(context):
+            try:
+                fields = lp_encode(request.start_round_id, request.limit)
+                self._reader(request.auth, "ListRounds", fields)
+            except SecAggError as exc:
+                self._refuse_read(context, "ListRounds", exc)
+            return self._list_rounds(request, context)
+
+    @contextlib.contextmanager
+    def _unary_slot(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Unary calls have their own capacity, apart from the sites' streams."""
+        if not self._unary.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many concurrent requests")
+        try:
+            yield
+        finally:
+            self._unary.release()
+
+    def _refuse_read(self, context: grpc.ServicerContext, method: str, exc: SecAggError) -> None:
+        code, details = status_for(exc)
+        log_event(self.log, "read_refused", logging.WARNING, method=method, code=code.name)
+        context.abort(code, details)
+
+    def _list_rounds(
         self, request: pb.ListRoundsRequest, context: grpc.ServicerContext
     ) -> pb.ListRoundsResponse:
         limit = request.limit or 100

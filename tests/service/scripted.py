@@ -19,6 +19,7 @@ from secagg.transport.codec import (
     decode_server_frame,
     encode_client_message,
     masked_input_frames,
+    sign_hello,
     sign_join,
 )
 
@@ -59,8 +60,11 @@ class RawStream:
     # --- helpers ------------------------------------------------------------------------------
 
     def hello(self, identity: IdentityKey, key: bytes | None = None) -> pb.Welcome:
+        """Answer the stream's challenge with a signed Hello (``key``: claim another key)."""
+        nonce = self.recv().challenge.nonce
         raw = identity.public_key.to_bytes() if key is None else key
-        self.send(pb.ClientFrame(hello=pb.Hello(identity_public_key=raw)))
+        signature = sign_hello(identity, nonce)
+        self.send(pb.ClientFrame(hello=pb.Hello(identity_public_key=raw, signature=signature)))
         return self.recv().welcome
 
     def join(self, identity: IdentityKey, welcome: pb.Welcome, **tamper: Any) -> RoundParameters:

@@ -6,7 +6,8 @@ Wire format of the secagg aggregator service (package secagg.v1).
 One bidirectional stream per client per round (Aggregator.Participate):
 
   client                                   server
-  Hello{identity public key}        ->
+                                    <-     Challenge{nonce}     (as soon as the stream opens)
+  Hello{identity public key, signature over the nonce} ->
                                     <-     Welcome{round config, nonce, party id}
   Join{signature over nonce+config} ->     (or Refusal: the site's policy refuses the round)
   AdvertiseKeys                     ->
@@ -255,24 +256,31 @@ Global___RoundConfig: _TypeAlias = RoundConfig  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
-    """----- client -> server ----------------------------------------------------------------------------"""
+    """----- client -> server ----------------------------------------------------------------------------
+
+    Proves possession of the identity key before the aggregator says anything about its rounds:
+    signed over lp_encode("hello", challenge nonce, identity_public_key).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     identity_public_key: _builtins.bytes
     """the client's Ed25519 roster key"""
     protocol_version: _builtins.int
+    signature: _builtins.bytes
     def __init__(
         self,
         *,
         identity_public_key: _builtins.bytes = ...,
         protocol_version: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_public_key", b"identity_public_key", "protocol_version", b"protocol_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_public_key", b"identity_public_key", "protocol_version", b"protocol_version", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,6 +587,10 @@ Global___ConsistencySignature: _TypeAlias = ConsistencySignature  # noqa: Y015
 
 @_typing.final
 class UnmaskShares(_message.Message):
+    """The signature covers the survivor digest, the owners and a digest of the shares, so the same
+    signature is the site's receipt of what it revealed (verifiable without the shares).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
@@ -587,10 +599,12 @@ class UnmaskShares(_message.Message):
     SELF_MASK_SHARES_FIELD_NUMBER: _builtins.int
     MASK_KEY_SHARES_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    SURVIVORS_DIGEST_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     sender: _builtins.int
     session_id: _builtins.bytes
     signature: _builtins.bytes
+    survivors_digest: _builtins.bytes
     @_builtins.property
     def self_mask_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyBytes]: ...
     @_builtins.property
@@ -604,10 +618,11 @@ class UnmaskShares(_message.Message):
         self_mask_shares: _abc.Iterable[Global___PartyBytes] | None = ...,
         mask_key_shares: _abc.Iterable[Global___PartyBytes] | None = ...,
         signature: _builtins.bytes = ...,
+        survivors_digest: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_key_shares", b"mask_key_shares", "round_id", b"round_id", "self_mask_shares", b"self_mask_shares", "sender", b"sender", "session_id", b"session_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_key_shares", b"mask_key_shares", "round_id", b"round_id", "self_mask_shares", b"self_mask_shares", "sender", b"sender", "session_id", b"session_id", "signature", b"signature", "survivors_digest", b"survivors_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -744,9 +759,32 @@ class ClientFrame(_message.Message):
 Global___ClientFrame: _TypeAlias = ClientFrame  # noqa: Y015
 
 @_typing.final
-class Welcome(_message.Message):
-    """----- server -> client ----------------------------------------------------------------------------"""
+class Challenge(_message.Message):
+    """----- server -> client ----------------------------------------------------------------------------
 
+    The first frame of every Participate stream: a fresh nonce the Hello must sign.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """32 random bytes"""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Challenge: _TypeAlias = Challenge  # noqa: Y015
+
+@_typing.final
+class Welcome(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIG_FIELD_NUMBER: _builtins.int
@@ -976,6 +1014,7 @@ class ServerFrame(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WELCOME_FIELD_NUMBER: _builtins.int
+    CHALLENGE_FIELD_NUMBER: _builtins.int
     KEY_ROSTER_FIELD_NUMBER: _builtins.int
     SHARE_BUNDLE_FIELD_NUMBER: _builtins.int
     SURVIVORS_REQUEST_FIELD_NUMBER: _builtins.int
@@ -983,6 +1022,8 @@ class ServerFrame(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
+    @_builtins.property
+    def challenge(self) -> Global___Challenge: ...
     @_builtins.property
     def key_roster(self) -> Global___KeyRoster: ...
     @_builtins.property
@@ -997,51 +1038,73 @@ class ServerFrame(_message.Message):
         self,
         *,
         welcome: Global___Welcome | None = ...,
+        challenge: Global___Challenge | None = ...,
         key_roster: Global___KeyRoster | None = ...,
         share_bundle: Global___ShareBundle | None = ...,
         survivors_request: Global___SurvivorsRequest | None = ...,
         unmask_request: Global___UnmaskRequest | None = ...,
         outcome: Global___RoundOutcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "key_roster", b"key_roster", "outcome", b"outcome", "share_bundle", b"share_bundle", "survivors_request", b"survivors_request", "unmask_request", b"unmask_request", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "frame", b"frame", "key_roster", b"key_roster", "outcome", b"outcome", "share_bundle", b"share_bundle", "survivors_request", b"survivors_request", "unmask_request", b"unmask_request", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frame", b"frame", "key_roster", b"key_roster", "outcome", b"outcome", "share_bundle", b"share_bundle", "survivors_request", b"survivors_request", "unmask_request", b"unmask_request", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "frame", b"frame", "key_roster", b"key_roster", "outcome", b"outcome", "share_bundle", b"share_bundle", "survivors_request", b"survivors_request", "unmask_request", b"unmask_request", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "key_roster", "share_bundle", "survivors_request", "unmask_request", "outcome"]  # noqa: Y015
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["welcome", "challenge", "key_roster", "share_bundle", "survivors_request", "unmask_request", "outcome"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
 
 Global___ServerFrame: _TypeAlias = ServerFrame  # noqa: Y015
 
 @_typing.final
-class GetResultRequest(_message.Message):
+class RequestAuth(_message.Message):
     """----- results and records ---------------------------------------------------------------------------
 
-    Signed over lp_encode("secagg.v1/get-result", round_id, issued_at_ms) by a roster identity;
-    the server accepts issued_at_ms within a few minutes of its clock.
+    Authenticates a unary request: a roster member's or a configured auditor's Ed25519 signature over
+    lp_encode(method, request digest, issued_at_ms); the server accepts issued_at_ms within a few
+    minutes of its clock.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ROUND_ID_FIELD_NUMBER: _builtins.int
     IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
-    round_id: _builtins.int
     identity_public_key: _builtins.bytes
     issued_at_ms: _builtins.int
     signature: _builtins.bytes
     def __init__(
         self,
         *,
-        round_id: _builtins.int = ...,
         identity_public_key: _builtins.bytes = ...,
         issued_at_ms: _builtins.int = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_public_key", b"identity_public_key", "issued_at_ms", b"issued_at_ms", "round_id", b"round_id", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_public_key", b"identity_public_key", "issued_at_ms", b"issued_at_ms", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestAuth: _TypeAlias = RequestAuth  # noqa: Y015
+
+@_typing.final
+class GetResultRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    AUTH_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.int
+    @_builtins.property
+    def auth(self) -> Global___RequestAuth: ...
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.int = ...,
+        auth: Global___RequestAuth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1121,15 +1184,19 @@ class GetRoundRecordRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUND_ID_FIELD_NUMBER: _builtins.int
+    AUTH_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
+    @_builtins.property
+    def auth(self) -> Global___RequestAuth: ...
     def __init__(
         self,
         *,
         round_id: _builtins.int = ...,
+        auth: Global___RequestAuth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1264,19 +1331,23 @@ class ListRoundsRequest(_message.Message):
 
     START_ROUND_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    AUTH_FIELD_NUMBER: _builtins.int
     start_round_id: _builtins.int
     """inclusive"""
     limit: _builtins.int
     """0 = server default (100); at most 1000"""
+    @_builtins.property
+    def auth(self) -> Global___RequestAuth: ...
     def __init__(
         self,
         *,
         start_round_id: _builtins.int = ...,
         limit: _builtins.int = ...,
+        auth: Global___RequestAuth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "start_round_id", b"start_round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "limit", b"limit", "start_round_id", b"start_round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

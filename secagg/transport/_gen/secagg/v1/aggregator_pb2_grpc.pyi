@@ -6,7 +6,8 @@ Wire format of the secagg aggregator service (package secagg.v1).
 One bidirectional stream per client per round (Aggregator.Participate):
 
   client                                   server
-  Hello{identity public key}        ->
+                                    <-     Challenge{nonce}     (as soon as the stream opens)
+  Hello{identity public key, signature over the nonce} ->
                                     <-     Welcome{round config, nonce, party id}
   Join{signature over nonce+config} ->     (or Refusal: the site's policy refuses the round)
   AdvertiseKeys                     ->
