@@ -21,7 +21,6 @@ Torch is imported only through :mod:`secagg.dp` (inside :func:`run_demo`).
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ from secagg.dp.distributed import (
 from secagg.errors import BudgetExceeded, ConfigError, RoundAborted
 from secagg.protocol import Stage
 from secagg.protocol.params import full_graph_threshold
+from secagg.reporting.numbers import fmt_eps, fmt_probability
 from secagg.reporting.rundir import RoundRecord, RunDirectory
 
 __all__ = ["POLICY_CORRUPT_FRACTION", "DemoConfig", "DemoResult", "fault_schedule", "run_demo"]
@@ -177,20 +177,12 @@ def _rotation_seed(seed: int, round_id: int) -> int:
     return int.from_bytes(h[:8], "big") >> 1
 
 
-def _fmt_eps(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.3g}" if v >= 1e4 else f"{v:.2f}"
-
-
 def _site_eps_cell(report: PrivacyReport) -> str:
     site = report.site_level
     if site is None:
         return "-"
     flag = " vacuous" if is_vacuous(site.epsilon_round) else ""
-    return _fmt_eps(site.epsilon_cumulative) + flag
+    return fmt_eps(site.epsilon_cumulative) + flag
 
 
 _COLUMNS = (
@@ -202,6 +194,7 @@ _COLUMNS = (
     ("site eps", 15),
     ("max record eps", 14),
 )
+
 
 def table_header() -> str:
     head = "  ".join(
@@ -231,7 +224,7 @@ def table_row(
         f"{record.accuracy:.3f}",
         f"{record.f1:.3f}",
         _site_eps_cell(report),
-        _fmt_eps(report.max_record_level_epsilon),
+        fmt_eps(report.max_record_level_epsilon),
     )
     return "  ".join(
         c.ljust(w) if k == 2 else c.rjust(w)
@@ -277,7 +270,7 @@ def privacy_statement(cfg: DemoConfig, last: PrivacyReport | None) -> list[str]:
     if last is not None and last.record_level:
         worst = max(last.record_level, key=lambda r: r.epsilon_cumulative)
         lines.append(
-            f"Record level (each patient): epsilon <= {_fmt_eps(worst.epsilon_cumulative)} at "
+            f"Record level (each patient): epsilon <= {fmt_eps(worst.epsilon_cumulative)} at "
             f"delta {worst.delta:g} after {last.round_id} rounds for the hospital that spent "
             f"most ({worst.site}), DP-SGD accounted by Opacus ({worst.accountant})."
         )
@@ -285,17 +278,17 @@ def privacy_statement(cfg: DemoConfig, last: PrivacyReport | None) -> list[str]:
         site = last.site_level
         if is_vacuous(site.epsilon_round):
             lines.append(
-                f"Site level (a whole hospital): VACUOUS, epsilon {_fmt_eps(site.epsilon_round)} "
+                f"Site level (a whole hospital): VACUOUS, epsilon {fmt_eps(site.epsilon_round)} "
                 f"per round (> {VACUOUS_EPSILON_PER_ROUND:g}), "
-                f"{_fmt_eps(site.epsilon_cumulative)} in total. With {cfg.sites} hospitals, "
+                f"{fmt_eps(site.epsilon_cumulative)} in total. With {cfg.sites} hospitals, "
                 "distributed noise large enough to hide one hospital's whole update would swamp "
                 "the model (the noise on the average shrinks only with many more sites); the "
                 "record-level guarantee above is the one that holds."
             )
         else:
             lines.append(
-                f"Site level (a whole hospital): epsilon <= {_fmt_eps(site.epsilon_cumulative)} "
-                f"at delta {site.delta:g} ({_fmt_eps(site.epsilon_round)} per round) while at "
+                f"Site level (a whole hospital): epsilon <= {fmt_eps(site.epsilon_cumulative)} "
+                f"at delta {site.delta:g} ({fmt_eps(site.epsilon_round)} per round) while at "
                 f"least {site.min_clients} hospitals' noise is in each sum."
             )
     lines.append(
@@ -438,7 +431,7 @@ def run_demo(
         f"  site level: update clip {cfg.site_clip:g}, distributed discrete Gaussian noise "
         f"{cfg.site_noise:g} x clip in total for any {cfg.threshold} survivors, "
         f"{params.padded_dimension} coordinates in Z_(2^{cfg.bits}), wrap-around probability "
-        f"{_probability(params.wraparound_probability)} per round",
+        f"{fmt_probability(params.wraparound_probability)} per round",
         file=out,
     )
     if cfg.server_momentum:
@@ -647,11 +640,6 @@ def run_demo(
     )
 
 
-def _probability(p: float) -> str:
-    # A bound that underflows to 0.0 is below the smallest double, not "<= 0".
-    return "< 1e-300" if p == 0 else f"<= {p:.1e}"
-
-
 def _verdict(fed_f1: float, baselines: list[dict[str, Any]]) -> str:
     best = max(baselines, key=lambda b: b["f1"])
     margin = fed_f1 - best["f1"]
@@ -675,7 +663,7 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
             f"{r['accuracy']:.3f}",
             f"{r['f1']:.3f}",
             f"{r['federated_gain_f1']:+.3f}" if "federated_gain_f1" in r else "",
-            _fmt_eps(r.get("record_level_epsilon")),
+            fmt_eps(r.get("record_level_epsilon")),
         )
         for r in rows
     ]
