@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from secagg.commands.errors import EXIT_FILE, CommandError
+
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _DIR_CANDIDATES = (
     "audit.db",
@@ -77,7 +79,11 @@ def _sources(source: Path) -> list[Path]:
     from secagg.audit import AuditError
 
     if not source.exists():
-        raise AuditError(f"{source}: no such file or folder")
+        raise CommandError(
+            f"{source}: no such file or folder (give a run directory, a data directory, a "
+            "ledger database or a .jsonl export)",
+            EXIT_FILE,
+        )
     if not source.is_dir():
         return [source]
     found = _ledger_files(source / "aggregator") if (source / "aggregator").is_dir() else []
@@ -198,10 +204,12 @@ def _verify_one(
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from secagg.audit import AuditError, read_ledger, write_jsonl
+    from secagg.audit import read_ledger, write_jsonl
 
     if not args.database.is_file():
-        raise AuditError(f"{args.database}: no such file")
+        raise CommandError(
+            f"{args.database}: no such file (the ledger is DATA_DIR/audit.db)", EXIT_FILE
+        )
     texts, _ = read_ledger(args.database)
     count = write_jsonl(args.out, texts)
     print(f"wrote {count} records to {args.out}")

@@ -51,10 +51,15 @@ def run(args: argparse.Namespace) -> int:
         # gRPC's C core would print its own multi-line error (e.g. for a port in use) before ours;
         # the service logs everything that matters as JSON lines. --debug keeps gRPC's output.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-    from secagg.commands.errors import EXIT_NETWORK, CommandError
+    from secagg.commands.errors import EXIT_FILE, EXIT_NETWORK, CommandError
     from secagg.service import Aggregator, load_config
     from secagg.service.logs import configure_logging
 
+    if not args.config.is_file():
+        raise CommandError(
+            f"{args.config}: no such configuration file (see docs/service.md for its keys)",
+            EXIT_FILE,
+        )
     configure_logging(args.log_level)
     config = load_config(
         args.config,

@@ -80,7 +80,7 @@ class DemoConfig:
     site_budgets: Mapping[str, float] = field(default_factory=dict)
     site_clip: float = 5.0
     site_noise: float = 0.01
-    server_momentum: float = 0.0
+    server_momentum: float = 0.5  # FedAvgM: steadier under label skew (docs/demo.md)
     bits: int = 32
     label_alpha: float = 0.2  # strong label skew: referral centres vs screening clinics
     size_alpha: float = 100.0
