@@ -52,8 +52,8 @@ def register(sub: Any) -> None:
     demo.add_argument(
         "--server-momentum",
         type=float,
-        default=0.5,
-        help="server momentum of FedAvg (FedAvgM; 0 = plain FedAvg; default 0.5)",
+        default=0.0,
+        help="server momentum (FedAvgM, e.g. 0.5; default 0: plain FedAvg, see docs/demo.md)",
     )
     demo.add_argument(
         "--reproducible-noise",
