@@ -159,7 +159,10 @@ def test_python_snippet_runs(
 def test_toml_snippets_parse() -> None:
     for file, line, lang, body in snippets():
         if lang == "toml":
-            tomllib.loads(body)  # raises with the file's line on a broken snippet
+            try:
+                tomllib.loads(body)
+            except tomllib.TOMLDecodeError as exc:
+                raise AssertionError(f"{file}:{line}: {exc}") from None
 
 
 # --- tours: shell lines run as written against a real service ----------------------------------

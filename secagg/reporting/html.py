@@ -90,17 +90,21 @@ def _site_eps(rep: PrivacyReport) -> str:
     return text
 
 
-def _round_rows(reports: list[PrivacyReport], records: list[RoundRecord]) -> list[list[str]]:
+def _round_rows(
+    reports: list[PrivacyReport], records: list[RoundRecord], malignant: dict[str, float]
+) -> list[list[str]]:
     by_round = {r.round_id: r for r in records}
+
+    def drop(site: str, stage: str) -> str:
+        share = malignant.get(site) if stage == "masked_input" else None
+        mark = f" ({100 * share:.0f}% malignant)" if share is not None else ""
+        return f"{site} @ {stage.replace('_', ' ')}{mark}"
+
     rows = []
     for rep in reports:
         rec = by_round.get(rep.round_id)
         drops = (
-            ", ".join(
-                f"{s} @ {stage.replace('_', ' ')}"
-                for stage, names in rec.dropouts.items()
-                for s in names
-            )
+            ", ".join(drop(s, stage) for stage, names in rec.dropouts.items() for s in names)
             if rec
             else ""
         )
@@ -202,6 +206,11 @@ def render_html_report(run_dir: str | Path) -> Path:
         f"<h1>secagg privacy report</h1><p>Run <code>{html.escape(str(rd.path))}</code>, "
         f"{len(reports)} completed round(s).</p>",
     ]
+    malignant = {
+        str(m["site"]): float(m["malignant_fraction"])
+        for m in (summary or {}).get("comparison", [])
+        if "site" in m and "malignant_fraction" in m
+    }
     parts.append(_privacy_html(summary, reports))
     if reports:
         png = base64.b64encode(_plot_png(reports, records)).decode("ascii")
@@ -221,9 +230,15 @@ def render_html_report(run_dir: str | Path) -> Path:
                     "site-level eps (cumulative)",
                     "max record-level eps (cumulative)",
                 ],
-                _round_rows(reports, records),
+                _round_rows(reports, records, malignant),
             )
         )
+        if malignant and any(r.dropouts.get("masked_input") for r in records):
+            parts.append(
+                "<p>(N% malignant): a hospital whose input is not in that round's sum. Under "
+                "label skew the average then leans towards the other hospitals' label mix, so "
+                "accuracy can dip for that round; DP-SGD noise makes every round wobble too.</p>"
+            )
         if any(
             r.site_level is not None and is_vacuous(r.site_level.epsilon_round) for r in reports
         ):

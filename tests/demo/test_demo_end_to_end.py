@@ -260,7 +260,7 @@ def test_reduced_demo_over_grpc_with_real_dropouts_and_verifiable_audit_records(
     db = sqlite3.connect(run_dir / "aggregator" / "audit.db")
     db.execute(
         "UPDATE audit_round_records SET record_json = replace(record_json, "
-        "'\"outcome\":\"completed\"', '\"outcome\":\"aborted\"') WHERE seq = 0"
+        '\'"outcome":"completed"\', \'"outcome":"aborted"\') WHERE seq = 0'
     )
     db.commit()
     db.close()
