@@ -165,7 +165,7 @@ def test_cli_demo_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (run_dir / "report.html").is_file()
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert main(["report", str(tmp_path / "nothing")]) == 3  # a missing folder (exit codes)
 
 
 def test_split_is_non_iid_with_a_stratified_test_set() -> None:

@@ -35,6 +35,9 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SECAGG_DEBUG", None)
+    env.pop(
+        "GRPC_VERBOSITY", None
+    )  # a user's plain environment (flwr, imported by other tests, sets it)
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
