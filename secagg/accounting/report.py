@@ -17,13 +17,36 @@ from secagg.errors import ConfigError
 
 __all__ = [
     "PRIVACY_REPORT_SCHEMA_VERSION",
+    "VACUOUS_EPSILON_PER_ROUND",
     "DistributedDPStatement",
     "PrivacyReport",
     "SiteRecordLevelDP",
+    "is_vacuous",
     "render_table",
 ]
 
 PRIVACY_REPORT_SCHEMA_VERSION = "1.0"
+
+#: A DP guarantee whose epsilon *per round* exceeds this is flagged ``vacuous`` in every report
+#: (table, JSON, HTML): e^10 > 22,000 bounds the likelihood ratio an observer gains, which rules
+#: out almost nothing. The rule is per round because the cumulative epsilon grows with the plan.
+VACUOUS_EPSILON_PER_ROUND = 10.0
+
+
+def is_vacuous(epsilon_round: float | None) -> bool:
+    """True when a per-round epsilon is above :data:`VACUOUS_EPSILON_PER_ROUND` (or infinite)."""
+    return epsilon_round is not None and epsilon_round > VACUOUS_EPSILON_PER_ROUND
+
+
+def _derived_vacuous(cls: type, d: Any) -> Any:
+    """``d`` without its derived ``vacuous`` flag, which must agree with ``epsilon_round``."""
+    if not isinstance(d, Mapping) or "vacuous" not in d:
+        return d  # documents written before the flag existed carry none
+    rest = {k: v for k, v in d.items() if k != "vacuous"}
+    if d["vacuous"] is not is_vacuous(_eps_in("epsilon_round", rest.get("epsilon_round", 0.0))):
+        raise ConfigError(f"{cls.__name__}: vacuous = {d['vacuous']!r} contradicts epsilon_round")
+    return rest
+
 
 _PROTECTION_MODES = ("mask", "ckks", "none")
 _RECORD_ACCOUNTANTS = ("rdp", "prv", "gdp")
@@ -100,10 +123,12 @@ class SiteRecordLevelDP:
         d = asdict(self)
         d["epsilon_round"] = _eps_json(self.epsilon_round)
         d["epsilon_cumulative"] = _eps_json(self.epsilon_cumulative)
+        d["vacuous"] = is_vacuous(self.epsilon_round)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SiteRecordLevelDP:
+        d = _derived_vacuous(cls, d)
         _exact_keys(cls, d)
         return cls(
             site=d["site"],
@@ -154,10 +179,12 @@ class DistributedDPStatement:
         d = asdict(self)
         d["epsilon_round"] = _eps_json(self.epsilon_round)
         d["epsilon_cumulative"] = _eps_json(self.epsilon_cumulative)
+        d["vacuous"] = is_vacuous(self.epsilon_round)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DistributedDPStatement:
+        d = _derived_vacuous(cls, d)
         _exact_keys(cls, d)
         return cls(
             mechanism=d["mechanism"],
@@ -311,13 +338,18 @@ def render_table(reports: Iterable[PrivacyReport]) -> str:
     """
     header = ("round", "participants", "dropouts", "site-level eps", "max record-level eps")
     rows = [header]
+    flagged = False
     for r in sorted(reports, key=lambda rep: rep.round_id):
+        site = r.site_level
+        vacuous = site is not None and is_vacuous(site.epsilon_round)
+        flagged |= vacuous
         rows.append(
             (
                 str(r.round_id),
                 str(len(r.participants)),
                 str(len(r.dropouts)),
-                _fmt_eps(None if r.site_level is None else r.site_level.epsilon_cumulative),
+                _fmt_eps(None if site is None else site.epsilon_cumulative)
+                + (" (vacuous)" if vacuous else ""),
                 _fmt_eps(r.max_record_level_epsilon),
             )
         )
@@ -327,4 +359,9 @@ def render_table(reports: Iterable[PrivacyReport]) -> str:
         lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if flagged:
+        lines.append(
+            f"(vacuous: more than epsilon {VACUOUS_EPSILON_PER_ROUND:g} per round, which rules "
+            "out almost nothing)"
+        )
     return "\n".join(lines) + "\n"

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from secagg.commands.errors import EXIT_FILE, CommandError
+
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _DIR_CANDIDATES = (
     "audit.db",
@@ -65,27 +67,43 @@ def _load_key(spec: str) -> Any:
         ) from None
 
 
-def _resolve(source: Path) -> tuple[list[str], Any, str]:
-    """The record texts, the stored aggregator key (or None) and a description of the source."""
-    from secagg.audit import AuditError, read_jsonl, read_ledger
+def _ledger_files(folder: Path) -> list[Path]:
+    """The ledgers in ``folder``: its database (the first candidate found) and every .jsonl."""
+    dbs = [folder / n for n in _DIR_CANDIDATES if n.endswith(".db") and (folder / n).is_file()]
+    return dbs[:1] + sorted(folder.glob("*.jsonl"))
 
-    if source.is_dir():
-        found = [source / name for name in _DIR_CANDIDATES if (source / name).is_file()]
-        found += sorted(p for p in source.glob("*.jsonl") if p not in found)
-        if not found:
-            raise AuditError(f"{source}: no ledger database or records .jsonl file found")
-        source = found[0]
-        stored_key_file = source.parent / "aggregator.pub"
-    else:
-        stored_key_file = source.parent / "aggregator.pub"
-    if not source.is_file():
-        raise AuditError(f"{source}: no such file")
+
+def _sources(source: Path) -> list[Path]:
+    """What ``secagg audit verify SOURCE`` checks: the file itself, or every ledger of a folder,
+    the aggregator's own data directory ``SOURCE/aggregator/`` (a demo run directory) first."""
+    from secagg.audit import AuditError
+
+    if not source.exists():
+        raise CommandError(
+            f"{source}: no such file or folder (give a run directory, a data directory, a "
+            "ledger database or a .jsonl export)",
+            EXIT_FILE,
+        )
+    if not source.is_dir():
+        return [source]
+    found = _ledger_files(source / "aggregator") if (source / "aggregator").is_dir() else []
+    found += _ledger_files(source)
+    if not found:
+        raise AuditError(f"{source}: no ledger database or records .jsonl file found")
+    return found
+
+
+def _read(source: Path) -> tuple[list[str], Any, str]:
+    """The record texts, the stored aggregator key (or None) and a description of the source."""
+    from secagg.audit import read_jsonl, read_ledger
+
     with open(source, "rb") as f:
         head = f.read(len(_SQLITE_MAGIC))
     if head == _SQLITE_MAGIC:
         texts, key = read_ledger(source)
         return texts, key, f"ledger {source}"
     texts = list(read_jsonl(source))
+    stored_key_file = source.parent / "aggregator.pub"
     key = _load_key(str(stored_key_file)) if stored_key_file.is_file() else None
     return texts, key, f"JSON Lines {source}"
 
@@ -97,21 +115,9 @@ def _eps(v: float | None) -> str:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from secagg.accounting.report import render_table
-    from secagg.audit import AuditError, verify_records
+    from secagg.audit import AuditError
 
-    texts, stored_key, what = _resolve(args.source)
-    if args.aggregator_key:
-        key = _load_key(args.aggregator_key)
-        pinned = True
-        if stored_key is not None and stored_key != key:
-            print(
-                "secagg audit: warning: the ledger stores another aggregator key "
-                f"({stored_key.fingerprint()}) than the pinned one ({key.fingerprint()})",
-                file=sys.stderr,
-            )
-    else:
-        key, pinned = stored_key, False
+    pinned_key = _load_key(args.aggregator_key) if args.aggregator_key else None
     head = None
     if args.head:
         try:
@@ -120,50 +126,90 @@ def run_verify(args: argparse.Namespace) -> int:
             raise AuditError(f"--head: expected 64 hex digits, got {args.head!r}") from None
         if len(head) != 32:
             raise AuditError(f"--head: expected 64 hex digits, got {args.head!r}")
-    report = verify_records(texts, aggregator_key=key, expected_head=head)
-    print(f"{what}: {len(texts)} records")
-    if report.aggregator_key is not None:
-        how = "pinned" if pinned else "NOT pinned: taken from the ledger"
-        print(f"aggregator key {report.aggregator_key.to_bytes().hex()} ({how})")
-    header = f"{'seq':>4}  {'round':>6}  {'outcome':<9}  {'survivors':>9}  {'dropouts':>8}  "
-    print(header + f"{'site eps (round/cum)':>20}  {'max record eps':>14}")
-    for r in report.records:
-        dropouts = sum(len(ps) for _, ps in r.dropouts)
-        site = rec = "-"
-        if r.privacy_report is not None:
-            s = r.privacy_report.site_level
-            if s is not None:
-                site = f"{_eps(s.epsilon_round)}/{_eps(s.epsilon_cumulative)}"
-            rec = _eps(r.privacy_report.max_record_level_epsilon)
-        print(
-            f"{r.sequence:>4}  {r.round_id:>6}  {r.outcome:<9}  {len(r.survivors):>9}  "
-            f"{dropouts:>8}  {site:>20}  {rec:>14}"
-        )
-    reports = [r.privacy_report for r in report.records if r.privacy_report is not None]
-    if reports:
-        print("\nprivacy spent (cumulative):")
-        print(render_table(reports), end="")
-    if not report.ok:
-        for problem in report.problems:
+    sources = [_read(path) for path in _sources(args.source)]
+    longest = max(sources, key=lambda s: len(s[0]))
+    problems: list[str] = []
+    for k, (texts, stored_key, what) in enumerate(sources):
+        expected = head if len(texts) == len(longest[0]) else None  # a shorter copy: a prefix
+        problems += _verify_one(texts, stored_key, what, pinned_key, expected, show_table=k == 0)
+    # Every copy (the aggregator's ledger, an export) must tell the same story: each is the
+    # same chain or a prefix of the longest one.
+    for texts, _, what in sources:
+        mismatch = next((i for i, t in enumerate(texts) if longest[0][i] != t), None)
+        if mismatch is not None:
+            problems.append(f"{what} differs from {longest[2]} at record {mismatch}")
+    if problems:
+        for problem in problems:
             print(f"secagg audit: FAIL: {problem}", file=sys.stderr)
-        print(f"FAILED: {len(report.problems)} problem(s) in {what}", file=sys.stderr)
+        print(f"FAILED: {len(problems)} problem(s) in {args.source}", file=sys.stderr)
         return 1
-    if not pinned:
+    if pinned_key is None:
         print(
             "note: pin the aggregator key with --aggregator-key to detect a chain re-signed "
             "wholesale with another key",
             file=sys.stderr,
         )
-    print(f"head {report.head.hex()} (pass it as --head to the next audit)")
-    print(f"OK: {len(texts)} records, chain and every signature verified")
+    what = " and ".join(s[2] for s in sources)
+    print(f"OK: {len(longest[0])} records, chain and every signature verified ({what})")
     return 0
 
 
+def _verify_one(
+    texts: list[str],
+    stored_key: Any,
+    what: str,
+    pinned_key: Any,
+    head: bytes | None,
+    *,
+    show_table: bool,
+) -> list[str]:
+    """Verify one ledger and print its table; return its problems, each naming the source."""
+    from secagg.accounting.report import render_table
+    from secagg.audit import verify_records
+
+    key = pinned_key if pinned_key is not None else stored_key
+    if pinned_key is not None and stored_key is not None and stored_key != pinned_key:
+        print(
+            f"secagg audit: warning: {what} stores another aggregator key "
+            f"({stored_key.fingerprint()}) than the pinned one ({pinned_key.fingerprint()})",
+            file=sys.stderr,
+        )
+    report = verify_records(texts, aggregator_key=key, expected_head=head)
+    print(f"{what}: {len(texts)} records")
+    if report.aggregator_key is not None:
+        how = "pinned" if pinned_key is not None else "NOT pinned: taken from the ledger"
+        print(f"aggregator key {report.aggregator_key.to_bytes().hex()} ({how})")
+    if show_table:
+        header = f"{'seq':>4}  {'round':>6}  {'outcome':<9}  {'survivors':>9}  {'dropouts':>8}  "
+        print(header + f"{'site eps (round/cum)':>20}  {'max record eps':>14}")
+        for r in report.records:
+            dropouts = sum(len(ps) for _, ps in r.dropouts)
+            site = rec = "-"
+            if r.privacy_report is not None:
+                s = r.privacy_report.site_level
+                if s is not None:
+                    site = f"{_eps(s.epsilon_round)}/{_eps(s.epsilon_cumulative)}"
+                rec = _eps(r.privacy_report.max_record_level_epsilon)
+            print(
+                f"{r.sequence:>4}  {r.round_id:>6}  {r.outcome:<9}  {len(r.survivors):>9}  "
+                f"{dropouts:>8}  {site:>20}  {rec:>14}"
+            )
+        reports = [r.privacy_report for r in report.records if r.privacy_report is not None]
+        if reports:
+            print("\nprivacy spent (cumulative):")
+            print(render_table(reports), end="")
+    if report.ok:
+        print(f"head {report.head.hex()} (pass it as --head to the next audit)")
+    return [f"{what}: {problem}" for problem in report.problems]
+
+
 def run_export(args: argparse.Namespace) -> int:
-    from secagg.audit import AuditError, read_ledger, write_jsonl
+    from secagg.audit import read_ledger, write_jsonl
 
     if not args.database.is_file():
-        raise AuditError(f"{args.database}: no such file")
+        raise CommandError(
+            f"{args.database}: no such file (the ledger is DATA_DIR/audit.db)", EXIT_FILE
+        )
     texts, _ = read_ledger(args.database)
     count = write_jsonl(args.out, texts)
     print(f"wrote {count} records to {args.out}")

@@ -34,7 +34,13 @@ def register(sub: Any) -> None:
         "--run-dir", default=None, help="run directory (default ./runs/demo-<UTC time>)"
     )
     demo.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data split and model init")
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data split, the model init and the dropout schedule (the DP noise "
+        "comes from the OS unless --reproducible-noise)",
+    )
     demo.add_argument(
         "--accountant", choices=("rdp", "prv", "gdp"), default="rdp", help="record-level accountant"
     )
@@ -43,6 +49,18 @@ def register(sub: Any) -> None:
         "--site-noise", type=float, default=0.01, help="site-level noise multiplier (of the clip)"
     )
     demo.add_argument("--site-clip", type=float, default=5.0, help="L2 clip of a site's update")
+    demo.add_argument(
+        "--server-momentum",
+        type=float,
+        default=0.0,
+        help="server momentum (FedAvgM, e.g. 0.5; default 0: plain FedAvg, see docs/demo.md)",
+    )
+    demo.add_argument(
+        "--reproducible-noise",
+        action="store_true",
+        help="seed the DP noise and sampling from --seed too: bit-for-bit reproducible but NOT "
+        "private (anyone who knows the seed can remove the noise); for reproducing figures only",
+    )
     demo.add_argument("--delta", type=float, default=1e-5, help="delta of every epsilon")
     demo.add_argument(
         "--budget", type=float, default=None, help="record-level epsilon budget of every hospital"
@@ -101,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         dropouts=not args.no_dropouts,
         baselines=not args.no_baselines,
         seed=args.seed,
+        server_momentum=args.server_momentum,
+        reproducible_noise=args.reproducible_noise,
     )
     runner_factory: Callable[[list[Any]], Any] | None = None
     if not args.in_process:

@@ -45,13 +45,15 @@ def _print_public(key_path: pathlib.Path, party: int | None) -> None:
 
 def generate(args: argparse.Namespace) -> int:
     from secagg.client import save_identity
+    from secagg.commands.errors import EXIT_FILE, CommandError
     from secagg.crypto import IdentityKey
 
     try:
         save_identity(IdentityKey.generate(), args.out)
     except FileExistsError:
-        print(f"secagg: error: {args.out} exists; refusing to overwrite a key")
-        return 2
+        raise CommandError(
+            f"{args.out} exists; refusing to overwrite a key (choose another --out)", EXIT_FILE
+        ) from None
     print(f"wrote private key {args.out} (mode 0600; keep it secret)")
     _print_public(args.out, args.party)
     return 0

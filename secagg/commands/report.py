@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from secagg.commands.errors import EXIT_FILE, CommandError
 from secagg.errors import ConfigError
 
 
@@ -22,6 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from secagg.reporting import RunDirectory, render_html_report
 
     rd = RunDirectory(args.run_dir)
+    if not rd.path.is_dir():
+        raise CommandError(f"{rd.path}: no such folder (give a run directory)", EXIT_FILE)
     if not rd.round_ids():
         raise ConfigError(f"{rd.path} holds no completed round")
     print(render_table(rd.read_reports()), end="")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import sys
 from typing import Any
 
 
@@ -45,9 +47,19 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not getattr(args, "debug", False):
+        # gRPC's C core would print its own multi-line error (e.g. for a port in use) before ours;
+        # the service logs everything that matters as JSON lines. --debug keeps gRPC's output.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    from secagg.commands.errors import EXIT_FILE, EXIT_NETWORK, CommandError
     from secagg.service import Aggregator, load_config
     from secagg.service.logs import configure_logging
 
+    if not args.config.is_file():
+        raise CommandError(
+            f"{args.config}: no such configuration file (see docs/service.md for its keys)",
+            EXIT_FILE,
+        )
     configure_logging(args.log_level)
     config = load_config(
         args.config,
@@ -58,7 +70,26 @@ def run(args: argparse.Namespace) -> int:
         exit_after_rounds=args.exit_after_rounds,
         insecure_allow_plaintext=args.insecure_allow_plaintext,
     )
+    if config.degree is None:
+        from secagg.service.config import threshold_advice
+
+        advice = threshold_advice(len(config.roster), config.threshold)
+        if advice:
+            print(f"secagg serve: note: {advice}", file=sys.stderr, flush=True)
     aggregator = Aggregator(config)
     aggregator.install_signal_handlers()
-    aggregator.serve()
+    try:
+        aggregator.serve()
+    except (RuntimeError, OSError) as exc:
+        # gRPC reports a port it cannot bind as RuntimeError("Failed to bind ..."); the service
+        # as OSError("cannot listen on ..."). Other OSErrors name a file and pass through.
+        text = str(exc)
+        if "bind" not in text.lower() and "cannot listen" not in text:
+            raise
+        raise CommandError(
+            f"cannot listen on {config.listen}: the address is in use or not available on this "
+            "machine; stop the process that holds it or choose another --listen HOST:PORT "
+            "(port 0 picks a free one)",
+            EXIT_NETWORK,
+        ) from exc
     return 0

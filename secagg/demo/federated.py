@@ -21,7 +21,6 @@ Torch is imported only through :mod:`secagg.dp` (inside :func:`run_demo`).
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 import time
@@ -35,7 +34,12 @@ import numpy as np
 import numpy.typing as npt
 
 from secagg.accounting.accountant import RdpAccountant
-from secagg.accounting.report import PRIVACY_REPORT_SCHEMA_VERSION, PrivacyReport
+from secagg.accounting.report import (
+    PRIVACY_REPORT_SCHEMA_VERSION,
+    VACUOUS_EPSILON_PER_ROUND,
+    PrivacyReport,
+    is_vacuous,
+)
 from secagg.demo.data import DemoData, load_demo_data
 from secagg.demo.runner import RoundOutcome, RoundRunner, RoundTask
 from secagg.dp.distributed import (
@@ -43,12 +47,19 @@ from secagg.dp.distributed import (
     DistributedDPEncoder,
     site_level_statement,
 )
-from secagg.errors import BudgetExceeded, ConfigError
+from secagg.errors import BudgetExceeded, ConfigError, RoundAborted
 from secagg.protocol import Stage
+from secagg.protocol.params import full_graph_threshold
+from secagg.reporting.numbers import fmt_eps, fmt_probability
 from secagg.reporting.rundir import RoundRecord, RunDirectory
-from secagg.simulate import default_threshold
 
-__all__ = ["DemoConfig", "DemoResult", "fault_schedule", "run_demo"]
+__all__ = ["POLICY_CORRUPT_FRACTION", "DemoConfig", "DemoResult", "fault_schedule", "run_demo"]
+
+#: The sites' default policy: a malicious aggregator with 10 % of the roster colluding with it,
+#: under which a full-graph round needs t > ceil((n + 0.1 n) / 2) (secagg.protocol.params).
+POLICY_CORRUPT_FRACTION = 0.1
+#: Keys of ``config.json`` that are derived, not knobs.
+_DERIVED_KEYS = ("threshold", "run_nonce")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class DemoConfig:
     site_budgets: Mapping[str, float] = field(default_factory=dict)
     site_clip: float = 5.0
     site_noise: float = 0.01
+    server_momentum: float = 0.0  # FedAvgM; measured no better here (docs/demo.md)
     bits: int = 32
     label_alpha: float = 0.2  # strong label skew: referral centres vs screening clinics
     size_alpha: float = 100.0
@@ -76,25 +88,56 @@ class DemoConfig:
     dropouts: bool = True
     baselines: bool = True
     seed: int = 0
+    reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         if self.sites < 3:
-            raise ConfigError(
-                "the demo needs at least 3 hospitals (threshold t >= 2 plus a dropout)"
-            )
+            raise ConfigError("the demo needs at least 3 hospitals")
         if self.rounds < 1:
             raise ConfigError("rounds must be >= 1")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"server_momentum must lie in [0, 1), got {self.server_momentum}")
+        try:
+            self.threshold  # noqa: B018 - validates the roster size against the policy
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{self.sites} hospitals: {exc}. With its one dropout per round the demo needs "
+                "at least 5 hospitals (or pass --no-dropouts)"
+            ) from None
+
+    @property
+    def max_dropouts(self) -> int:
+        """Dropouts per round in the simulated schedule (at most one)."""
+        return 1 if self.dropouts else 0
 
     @property
     def threshold(self) -> int:
-        """t: the smallest threshold the hospitals' strict policies accept (4 of 5)."""
-        return default_threshold(self.sites)
+        """t: the largest number of survivors the schedule guarantees (``sites - max_dropouts``),
+        checked against the sites' default policy (:data:`POLICY_CORRUPT_FRACTION`, a malicious
+        aggregator): 4 of 5 hospitals."""
+        return full_graph_threshold(
+            self.sites,
+            dropout_rate=self.max_dropouts / self.sites,
+            corrupt_fraction=POLICY_CORRUPT_FRACTION,
+        )
+
+    def noise_seed(self, index: int) -> int | None:
+        """Seed of hospital ``index``'s DP noise and sampling: None (the OS, private) unless
+        ``reproducible_noise`` asked for a reproducible, explicitly non-private run."""
+        if not self.reproducible_noise:
+            return None
+        return int(np.random.SeedSequence([self.seed, 0x5EED, index]).generate_state(1)[0])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["site_budgets"] = dict(self.site_budgets)
         d["threshold"] = self.threshold
         return d
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> DemoConfig:
+        """The configuration of a run directory's ``config.json``."""
+        return cls(**{k: v for k, v in stored.items() if k not in _DERIVED_KEYS})
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,44 +155,43 @@ class DemoResult:
         return max((b["f1"] for b in self.baselines), default=None)
 
 
-def fault_schedule(round_id: int, names: tuple[str, ...]) -> dict[Stage, frozenset[str]]:
-    """The demo's simulated dropouts (deterministic, so runs are comparable).
+def fault_schedule(
+    round_id: int, names: tuple[str, ...], seed: int = 0
+) -> dict[Stage, frozenset[str]]:
+    """The demo's simulated dropouts: at most one per round, fixed by ``seed``.
 
-    Every third round (2, 5, 8, ...) one hospital vanishes before sending its masked input (its
-    update is not in the sum); rounds 3, 6, 9, ... one drops before unmasking (its input *is* in the
-    sum; the others' shares recover its self mask). Never two in one round: the hospitals' policy
-    (t = 4 of 5) tolerates one dropout.
+    Rounds 2, 5, 8, ... one hospital vanishes before sending its masked input (its update is not
+    in the sum); rounds 3, 6, 9, ... one drops before unmasking (its input *is* in the sum; the
+    others' shares recover its self mask). Which hospital is drawn from ``(seed, round_id)``.
     """
-    n = len(names)
-    faults: dict[Stage, frozenset[str]] = {}
-    if round_id % 3 == 2:
-        faults[Stage.MASKED_INPUT] = frozenset({names[round_id % n]})
-    if round_id % 3 == 0:
-        faults[Stage.UNMASK] = frozenset({names[(round_id + 2) % n]})
-    return faults
+    if round_id % 3 == 1:
+        return {}
+    stage = Stage.MASKED_INPUT if round_id % 3 == 2 else Stage.UNMASK
+    pick = int(np.random.default_rng([seed, round_id]).integers(len(names)))
+    return {stage: frozenset({names[pick]})}
 
 
-def _rotation_seed(run_nonce: str, round_id: int) -> int:
+def _rotation_seed(seed: int, round_id: int) -> int:
     # Public and fixed before any site trains: independent of the data, as the wrap bound needs.
-    h = hashlib.sha256(f"secagg-demo/rotation/{run_nonce}/{round_id}".encode()).digest()
+    h = hashlib.sha256(f"secagg-demo/rotation/{seed}/{round_id}".encode()).digest()
     return int.from_bytes(h[:8], "big") >> 1
 
 
-def _fmt_eps(v: float | None) -> str:
-    if v is None:
+def _site_eps_cell(report: PrivacyReport) -> str:
+    site = report.site_level
+    if site is None:
         return "-"
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.3g}" if v >= 1e4 else f"{v:.2f}"
+    flag = " vacuous" if is_vacuous(site.epsilon_round) else ""
+    return fmt_eps(site.epsilon_cumulative) + flag
 
 
 _COLUMNS = (
     ("round", 5),
     ("participants", 12),
-    ("dropouts", 48),
+    ("dropouts", 44),
     ("accuracy", 8),
     ("F1", 5),
-    ("site eps", 9),
+    ("site eps", 15),
     ("max record eps", 14),
 )
 
@@ -161,13 +203,19 @@ def table_header() -> str:
     return head + "\n" + "  ".join("-" * w for _, w in _COLUMNS)
 
 
-def table_row(record: RoundRecord, report: PrivacyReport) -> str:
+def table_row(
+    record: RoundRecord, report: PrivacyReport, malignant: Mapping[str, float] | None = None
+) -> str:
+    """One row; a hospital missing from the sum is marked with its malignant share."""
     short = {"masked_input": "masked input", "unmask": "unmask"}
-    drops = [
-        f"{s} @ {short.get(stage, stage)}"
-        for stage, names in record.dropouts.items()
-        for s in names
-    ]
+    drops = []
+    for stage, names in record.dropouts.items():
+        for s in names:
+            cell = f"{s} @ {short.get(stage, stage)}"
+            share = (malignant or {}).get(s)
+            if stage == Stage.MASKED_INPUT.value and share is not None:
+                cell += f" ({100 * share:.0f}% malignant)"
+            drops.append(cell)
     drops += [f"{s} declined" for s in sorted(record.declined)]
     cells = (
         str(record.round_id),
@@ -175,8 +223,8 @@ def table_row(record: RoundRecord, report: PrivacyReport) -> str:
         ", ".join(drops) or "-",
         f"{record.accuracy:.3f}",
         f"{record.f1:.3f}",
-        _fmt_eps(None if report.site_level is None else report.site_level.epsilon_cumulative),
-        _fmt_eps(report.max_record_level_epsilon),
+        _site_eps_cell(report),
+        fmt_eps(report.max_record_level_epsilon),
     )
     return "  ".join(
         c.ljust(w) if k == 2 else c.rjust(w)
@@ -184,8 +232,72 @@ def table_row(record: RoundRecord, report: PrivacyReport) -> str:
     )
 
 
+def table_notes(cfg: DemoConfig, reports: list[PrivacyReport]) -> list[str]:
+    """The footnotes of the per-round table: what the marks mean."""
+    notes = [
+        "(N% malignant): a hospital whose input is not in this round's sum. Under label skew "
+        "the average then leans towards the other hospitals' label mix, so accuracy can dip "
+        "for that round; the DP-SGD noise makes every round wobble too (docs/demo.md)"
+        + (
+            f" (server momentum {cfg.server_momentum:g} carries the earlier rounds' direction "
+            "through it)"
+            if cfg.server_momentum
+            else ""
+        )
+        + ". A hospital dropping at unmask is still in the sum."
+    ]
+    if any(r.site_level is not None and is_vacuous(r.site_level.epsilon_round) for r in reports):
+        notes.append(
+            f"vacuous: more than epsilon {VACUOUS_EPSILON_PER_ROUND:g} per round, a bound that "
+            "rules out almost nothing (see the closing note)."
+        )
+    return notes
+
+
 def default_run_dir() -> Path:
     return Path("runs") / f"demo-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
+
+
+def privacy_statement(cfg: DemoConfig, last: PrivacyReport | None) -> list[str]:
+    """What the run's guarantees are, in words: the closing note of the terminal and the HTML."""
+    lines: list[str] = []
+    if cfg.reproducible_noise:
+        lines.append(
+            "NOT PRIVATE: --reproducible-noise seeded every DP noise and sampling draw from "
+            f"--seed {cfg.seed}; anyone who knows the seed can remove the noise. The epsilons "
+            "describe the mechanism, not this run."
+        )
+    if last is not None and last.record_level:
+        worst = max(last.record_level, key=lambda r: r.epsilon_cumulative)
+        lines.append(
+            f"Record level (each patient): epsilon <= {fmt_eps(worst.epsilon_cumulative)} at "
+            f"delta {worst.delta:g} after {last.round_id} rounds for the hospital that spent "
+            f"most ({worst.site}), DP-SGD accounted by Opacus ({worst.accountant})."
+        )
+    if last is not None and last.site_level is not None:
+        site = last.site_level
+        if is_vacuous(site.epsilon_round):
+            lines.append(
+                f"Site level (a whole hospital): VACUOUS, epsilon {fmt_eps(site.epsilon_round)} "
+                f"per round (> {VACUOUS_EPSILON_PER_ROUND:g}), "
+                f"{fmt_eps(site.epsilon_cumulative)} in total. With {cfg.sites} hospitals, "
+                "distributed noise large enough to hide one hospital's whole update would swamp "
+                "the model (the noise on the average shrinks only with many more sites); the "
+                "record-level guarantee above is the one that holds."
+            )
+        else:
+            lines.append(
+                f"Site level (a whole hospital): epsilon <= {fmt_eps(site.epsilon_cumulative)} "
+                f"at delta {site.delta:g} ({fmt_eps(site.epsilon_round)} per round) while at "
+                f"least {site.min_clients} hospitals' noise is in each sum."
+            )
+    lines.append(
+        f"Assumed public: each hospital's dataset size. Its FedAvg weight min(records, "
+        f"{cfg.weight_cap}) / {cfg.weight_cap} rides in the summed vector, so record-level DP "
+        "treats the number of records at each hospital as known (only the total weight is "
+        "revealed, with the site-level noise)."
+    )
+    return lines
 
 
 def run_demo(
@@ -211,17 +323,12 @@ def run_demo(
     if resume:
         if not rd.exists():
             raise ConfigError(f"nothing to resume in {rd.path}")
-        stored = rd.read_config()
-        config = DemoConfig(
-            **{k: v for k, v in stored.items() if k not in ("threshold", "run_nonce")}
-        )
-        run_nonce = str(stored["run_nonce"])
+        config = DemoConfig.from_stored(rd.read_config())
     else:
         if rd.exists():
             raise ConfigError(f"{rd.path} already holds a run (use --resume or another --run-dir)")
         config = config or DemoConfig()
-        run_nonce = os.urandom(16).hex()
-        rd.write_config({**config.to_dict(), "run_nonce": run_nonce})
+        rd.write_config({**config.to_dict(), "run_nonce": os.urandom(16).hex()})
     cfg = config
     models.configure_torch(1)
 
@@ -232,6 +339,7 @@ def run_demo(
         size_alpha=cfg.size_alpha,
         seed=cfg.seed,
     )
+    malignant = {s.name: s.malignant_fraction for s in data.sites}
 
     def record_dp(name: str) -> RecordLevelDPConfig:
         return RecordLevelDPConfig(
@@ -246,8 +354,14 @@ def run_demo(
         )
 
     hospitals = [
-        DemoHospital(s, record_dp(s.name), model_seed=cfg.seed, weight_cap=cfg.weight_cap)
-        for s in data.sites
+        DemoHospital(
+            s,
+            record_dp(s.name),
+            model_seed=cfg.seed,
+            noise_seed=cfg.noise_seed(k),
+            weight_cap=cfg.weight_cap,
+        )
+        for k, s in enumerate(data.sites)
     ]
     min_weight = 1.0 / cfg.weight_cap
     names = tuple(h.name for h in hospitals)
@@ -255,6 +369,7 @@ def run_demo(
     global_model = models.mlp(in_features=data.test_features.shape[1], seed=cfg.seed)
     weights: npt.NDArray[np.float64] = models.flat_weights(global_model)
     initial_weights = weights.copy()
+    velocity = np.zeros_like(weights)  # server momentum (FedAvgM); zero when it is off
 
     dp_config = DistributedDPConfig(
         l2_clip=cfg.site_clip,
@@ -276,14 +391,25 @@ def run_demo(
         for h in hospitals:
             h.site.load_state_dict(state["record_level"][h.name])
         weights = rd.read_global_weights(last)
+        # w_r = w_(r-1) + v_r: the momentum is the last completed round's step.
+        before = rd.read_global_weights(completed[-2]) if len(completed) > 1 else initial_weights
+        velocity = weights - before if cfg.server_momentum else velocity
         reports = rd.read_reports()
         records = rd.read_records()
 
     print(
         f"secagg demo: {cfg.sites} hospitals, {cfg.rounds} rounds of FedAvg under secure "
-        f"aggregation (t={cfg.threshold}), run directory {rd.path}",
+        f"aggregation (t={cfg.threshold} of {cfg.sites}: tolerates {cfg.sites - cfg.threshold} "
+        f"dropout per round, and sites assuming a malicious aggregator accept it), run "
+        f"directory {rd.path}",
         file=out,
     )
+    if cfg.reproducible_noise:
+        print(
+            "  NOT PRIVATE: --reproducible-noise seeds the DP noise from --seed (for "
+            "reproducing figures only)",
+            file=out,
+        )
     for s in data.sites:
         print(
             f"  {s.name}: {s.size:>3} records, {100 * s.malignant_fraction:3.0f}% malignant",
@@ -304,25 +430,28 @@ def run_demo(
     print(
         f"  site level: update clip {cfg.site_clip:g}, distributed discrete Gaussian noise "
         f"{cfg.site_noise:g} x clip in total for any {cfg.threshold} survivors, "
-        f"{params.padded_dimension} coordinates in Z_(2^{cfg.bits}), wrap-around <= "
-        f"{params.wraparound_probability:.1e}",
+        f"{params.padded_dimension} coordinates in Z_(2^{cfg.bits}), wrap-around probability "
+        f"{fmt_probability(params.wraparound_probability)} per round",
         file=out,
     )
+    if cfg.server_momentum:
+        print(f"  server: FedAvg with momentum {cfg.server_momentum:g} (FedAvgM)", file=out)
     if completed:
         print(f"  resuming after round {completed[-1]}", file=out)
     print(file=out)
     print(table_header(), file=out)
     for rec, rep in zip(records, reports, strict=True):
-        print(table_row(rec, rep), file=out)
+        print(table_row(rec, rep, malignant), file=out)
 
     decoder = DistributedDPEncoder(params)  # aggregator side: decodes only
-    todo = range(len(completed) + 1, cfg.rounds + 1)
+    todo = range((completed[-1] if completed else 0) + 1, cfg.rounds + 1)
     bar = _progress(todo, enabled=progress)
+    aborted: list[int] = []
     try:
         for round_id in bar:
             t0 = time.perf_counter()
-            faults = fault_schedule(round_id, names) if cfg.dropouts else {}
-            seed = _rotation_seed(run_nonce, round_id)
+            faults = fault_schedule(round_id, names, cfg.seed) if cfg.dropouts else {}
+            seed = _rotation_seed(cfg.seed, round_id)
             task = RoundTask(
                 round_id=round_id,
                 global_weights=weights,
@@ -331,14 +460,22 @@ def run_demo(
                 roster=names,
                 faults=faults,
             )
-            outcome: RoundOutcome = runner.run(task)
+            try:
+                outcome: RoundOutcome = runner.run(task)
+            except RoundAborted as exc:
+                # Too few hospitals left (e.g. one declined and one dropped): nothing is
+                # released, the model stays as it is, the next round starts afresh.
+                aborted.append(round_id)
+                _write(bar, f"{round_id:>5}  aborted: {exc.reason} (model unchanged)", out)
+                continue
             n = len(outcome.survivors)
             decoder = DistributedDPEncoder(params, rotation_seed=seed)
             noisy_sum = decoder.decode(outcome.total.astype(np.int64), n)
             # FedAvg: the securely summed weighted updates over the (noisy) total weight, which is
             # known only in sum; never below half a site's weight, so the noise cannot blow it up.
             total_weight = max(float(noisy_sum[-1]) / WEIGHT_COORDINATE_SCALE, 0.5 * min_weight)
-            weights = weights + noisy_sum[:-1] / total_weight
+            velocity = cfg.server_momentum * velocity + noisy_sum[:-1] / total_weight
+            weights = weights + velocity
             statement, site_acc = site_level_statement(params, site_acc, survivors=n)
             models.load_flat_weights(global_model, weights)
             accuracy, f1 = models.accuracy_and_f1(
@@ -388,12 +525,14 @@ def run_demo(
             records.append(record)
             for reason in outcome.declined.values():
                 _write(bar, f"  {reason}", out)
-            _write(bar, table_row(record, report), out)
+            _write(bar, table_row(record, report, malignant), out)
 
     finally:
         close = getattr(runner, "close", None)
         if close is not None:
             close()  # stops the aggregator and hospital processes of a networked runner
+    for note in table_notes(cfg, reports):
+        print(note, file=out)
     if (rd.path / "audit.jsonl").is_file():
         print(
             f"\naudit records: {rd.path / 'audit.jsonl'}, signed by the aggregator "
@@ -402,28 +541,22 @@ def run_demo(
         )
 
     fed_acc, fed_f1 = (records[-1].accuracy, records[-1].f1) if records else (0.0, 0.0)
-    if reports and reports[-1].site_level is not None:
-        print(
-            f"\nsite-level epsilon {_fmt_eps(reports[-1].site_level.epsilon_cumulative)}: with "
-            f"{cfg.sites} hospitals, noise small enough to keep a {weights.size}-parameter update "
-            "useful gives no meaningful site-level guarantee (the noise each site adds shrinks "
-            "only with many more sites). The record-level epsilon is the patients' guarantee.",
-            file=out,
-        )
     baselines: list[dict[str, Any]] = []
     if cfg.baselines:
         print(
             "\nsingle-site baselines: each hospital alone, same DP-SGD settings, "
-            f"{cfg.rounds} x {cfg.local_epochs} epochs, no site-level noise (nothing is shared)",
+            f"{cfg.rounds} x {cfg.local_epochs} epochs, no site-level noise (nothing is shared), "
+            "evaluated on the same held-out test set",
             file=out,
         )
-        for s in data.sites:
+        for k, s in enumerate(data.sites):
             site = OpacusSite(
                 s.name,
                 s.features,
                 s.labels,
                 models.mlp(in_features=s.features.shape[1], seed=cfg.seed),
                 record_dp(s.name),
+                seed=cfg.noise_seed(k),
             )
             w = initial_weights.copy()
             trained = 0
@@ -441,11 +574,15 @@ def run_demo(
             baselines.append(
                 {
                     "model": f"{s.name} alone",
+                    "site": s.name,
                     "records": s.size,
+                    "malignant_fraction": round(s.malignant_fraction, 4),
                     "accuracy": a,
                     "f1": f,
                     "record_level_epsilon": site.epsilon,
                     "rounds": trained,
+                    "federated_gain_accuracy": fed_acc - a,
+                    "federated_gain_f1": fed_f1 - f,
                 }
             )
     fed_eps = reports[-1].max_record_level_epsilon if reports else None
@@ -453,6 +590,11 @@ def run_demo(
         {
             "model": f"federated ({cfg.sites} hospitals)",
             "records": sum(s.size for s in data.sites),
+            "malignant_fraction": round(
+                sum(s.size * s.malignant_fraction for s in data.sites)
+                / sum(s.size for s in data.sites),
+                4,
+            ),
             "accuracy": fed_acc,
             "f1": fed_f1,
             "record_level_epsilon": fed_eps,
@@ -465,18 +607,25 @@ def run_demo(
         },
         *baselines,
     ]
+    verdict = _verdict(fed_f1, baselines) if baselines else None
+    statement_lines = privacy_statement(cfg, reports[-1] if reports else None)
     seconds = time.perf_counter() - started
-    rd.write_summary({"comparison": comparison, "seconds": round(seconds, 2)})
+    rd.write_summary(
+        {
+            "comparison": comparison,
+            "verdict": verdict,
+            "privacy": statement_lines,
+            "aborted_rounds": aborted,
+            "seconds": round(seconds, 2),
+        }
+    )
     report_path = render_html_report(rd.path)
     if baselines:
         print(_comparison_table(comparison), file=out)
-        best = max(baselines, key=lambda b: b["f1"])
-        verdict = "above" if fed_f1 > best["f1"] else "NOT above"
-        print(
-            f"federated F1 {fed_f1:.3f} is {verdict} the best single-site F1 {best['f1']:.3f} "
-            f"({best['model']})",
-            file=out,
-        )
+        print(verdict, file=out)
+    print(file=out)
+    for line in statement_lines:
+        print(line, file=out)
     print(
         f"\nrun directory: {rd.path}\nreport: {report_path}\ntotal time: {seconds:.1f} s", file=out
     )
@@ -491,15 +640,30 @@ def run_demo(
     )
 
 
+def _verdict(fed_f1: float, baselines: list[dict[str, Any]]) -> str:
+    best = max(baselines, key=lambda b: b["f1"])
+    margin = fed_f1 - best["f1"]
+    head = (
+        f"federated F1 {fed_f1:.3f} is {'above' if margin > 0 else 'NOT above'} the best "
+        f"single-site F1 {best['f1']:.3f} ({best['model']}): margin {margin:+.3f}"
+    )
+    losers = [b["site"] for b in baselines if b["federated_gain_f1"] < 0]
+    if not losers:
+        return head + "; every hospital gains from federating."
+    return head + f"; {', '.join(losers)} did better alone."
+
+
 def _comparison_table(rows: list[dict[str, Any]]) -> str:
-    header = ("model", "records", "accuracy", "F1", "record eps")
+    header = ("model", "records", "malignant", "accuracy", "F1", "F1 gain", "record eps")
     cells = [header] + [
         (
             str(r["model"]),
             str(r["records"]),
+            f"{100 * r['malignant_fraction']:.0f}%",
             f"{r['accuracy']:.3f}",
             f"{r['f1']:.3f}",
-            _fmt_eps(r.get("record_level_epsilon")),
+            f"{r['federated_gain_f1']:+.3f}" if "federated_gain_f1" in r else "",
+            fmt_eps(r.get("record_level_epsilon")),
         )
         for r in rows
     ]
@@ -514,6 +678,7 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
         )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines.append("F1 gain: the federated model's F1 minus that hospital's own model's F1.")
     return "\n".join(lines)
 
 

@@ -127,7 +127,9 @@ class GrpcRunner:
         deadlines: Mapping[str, float] | None = None,
         python: str = sys.executable,
     ) -> None:
-        self.run_dir = pathlib.Path(run_dir)
+        # Absolute: the child processes and aggregator.toml must not depend on the working
+        # directory (paths in a config file are relative to that file, docs/service.md).
+        self.run_dir = pathlib.Path(run_dir).absolute()
         self.names = tuple(names)
         if len(set(self.names)) != len(self.names):
             raise ConfigError("hospital names must be unique")
@@ -200,8 +202,9 @@ class GrpcRunner:
 
         lines = [
             'listen = "127.0.0.1:0"',
-            f"data_dir = {json.dumps(str(self.data_dir))}",
-            f"aggregator_key = {json.dumps(str(self.dir / 'aggregator.key'))}",
+            # Relative to aggregator.toml itself, so the run directory can be moved or archived.
+            f"data_dir = {json.dumps(os.path.relpath(self.data_dir, self.dir))}",
+            'aggregator_key = "aggregator.key"',
             "rounds = 1000000",
             f"vector_length = {dp.padded_dimension}",
             'context = "secagg demo"',

@@ -51,7 +51,7 @@ def _site(run_dir: pathlib.Path, index: int) -> Any:
     models.configure_torch(1)
     rd = RunDirectory(run_dir)
     stored = rd.read_config()
-    cfg = DemoConfig(**{k: v for k, v in stored.items() if k not in ("threshold", "run_nonce")})
+    cfg = DemoConfig.from_stored(stored)
     data = load_demo_data(
         cfg.sites,
         test_fraction=cfg.test_fraction,
@@ -70,7 +70,13 @@ def _site(run_dir: pathlib.Path, index: int) -> Any:
         epsilon_budget=cfg.site_budgets.get(site.name, cfg.epsilon_budget),
         accountant=cfg.accountant,  # type: ignore[arg-type]
     )
-    hospital = DemoHospital(site, record_dp, model_seed=cfg.seed, weight_cap=cfg.weight_cap)
+    hospital = DemoHospital(
+        site,
+        record_dp,
+        model_seed=cfg.seed,
+        noise_seed=cfg.noise_seed(index),
+        weight_cap=cfg.weight_cap,
+    )
     completed = rd.round_ids()
     if completed:  # a resumed run: continue this hospital's own ledger
         state = rd.read_accountant_state(completed[-1])

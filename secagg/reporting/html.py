@@ -9,24 +9,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from pathlib import Path
 from typing import Any
 
-from secagg.accounting.report import PrivacyReport
+from secagg.accounting.report import VACUOUS_EPSILON_PER_ROUND, PrivacyReport, is_vacuous
+from secagg.reporting.numbers import fmt_eps, fmt_probability, fmt_value
 from secagg.reporting.rundir import RoundRecord, RunDirectory
 
 __all__ = ["render_html_report"]
 
 
-def _fmt(v: float | None, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if math.isinf(v):
-        return "inf"
-    if abs(v) >= 1e4:
-        return f"{v:.3g}"
-    return f"{v:.{digits}f}"
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
 
 
 def _plot_png(reports: list[PrivacyReport], records: list[RoundRecord]) -> bytes:
@@ -42,7 +36,13 @@ def _plot_png(reports: list[PrivacyReport], records: list[RoundRecord]) -> bytes
     if any(v is not None for v in rec):
         ax_eps.plot(rounds, rec, "o-", label="record level (max over sites)")
     if any(v is not None for v in site):
-        ax_eps.plot(rounds, site, "s-", label="site level (distributed DP)")
+        vacuous = any(
+            r.site_level is not None and is_vacuous(r.site_level.epsilon_round) for r in reports
+        )
+        label = "site level (distributed DP)" + (
+            f": VACUOUS, > {VACUOUS_EPSILON_PER_ROUND:g} per round" if vacuous else ""
+        )
+        ax_eps.plot(rounds, site, "s-", color="tab:red" if vacuous else None, label=label)
         if max((v for v in site if v is not None), default=0) > 100:
             ax_eps.set_yscale("log")
     delta = next((r.site_level.delta for r in reports if r.site_level), None)
@@ -66,21 +66,45 @@ def _plot_png(reports: list[PrivacyReport], records: list[RoundRecord]) -> bytes
     return buf.getvalue()
 
 
+class _Html(str):
+    """A table cell that is already HTML (not escaped again)."""
+
+
+def _cell(c: str) -> str:
+    return c if isinstance(c, _Html) else html.escape(c)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _round_rows(reports: list[PrivacyReport], records: list[RoundRecord]) -> list[list[str]]:
+def _site_eps(rep: PrivacyReport) -> str:
+    site = rep.site_level
+    if site is None:
+        return "-"
+    text = html.escape(fmt_eps(site.epsilon_cumulative))
+    if is_vacuous(site.epsilon_round):
+        return _Html(f"{text} <span class='vacuous'>vacuous</span>")
+    return text
+
+
+def _round_rows(
+    reports: list[PrivacyReport], records: list[RoundRecord], malignant: dict[str, float]
+) -> list[list[str]]:
     by_round = {r.round_id: r for r in records}
+
+    def drop(site: str, stage: str) -> str:
+        share = malignant.get(site) if stage == "masked_input" else None
+        mark = f" ({100 * share:.0f}% malignant)" if share is not None else ""
+        return f"{site} @ {stage.replace('_', ' ')}{mark}"
+
     rows = []
     for rep in reports:
         rec = by_round.get(rep.round_id)
         drops = (
-            ", ".join(f"{s} @ {stage}" for stage, names in rec.dropouts.items() for s in names)
+            ", ".join(drop(s, stage) for stage, names in rec.dropouts.items() for s in names)
             if rec
             else ""
         )
@@ -88,13 +112,15 @@ def _round_rows(reports: list[PrivacyReport], records: list[RoundRecord]) -> lis
         rows.append(
             [
                 str(rep.round_id),
-                str(len(rep.participants)),
+                f"{len(rep.participants)} of {len(rec.roster)}"
+                if rec
+                else str(len(rep.participants)),
                 drops or "-",
                 declined or "-",
                 _fmt(rec.accuracy) if rec else "-",
                 _fmt(rec.f1) if rec else "-",
-                _fmt(None if rep.site_level is None else rep.site_level.epsilon_cumulative),
-                _fmt(rep.max_record_level_epsilon),
+                _site_eps(rep),
+                fmt_eps(rep.max_record_level_epsilon),
             ]
         )
     return rows
@@ -106,22 +132,63 @@ def _summary_html(summary: dict[str, Any] | None) -> str:
     rows = [
         [
             str(m["model"]),
-            str(m["records"]),
+            f"{m['records']:,}",
+            f"{100 * m['malignant_fraction']:.0f}%" if "malignant_fraction" in m else "-",
             _fmt(m["accuracy"]),
             _fmt(m["f1"]),
-            _fmt(m.get("record_level_epsilon")),
+            f"{m['federated_gain_f1']:+.3f}" if "federated_gain_f1" in m else "",
+            fmt_eps(m.get("record_level_epsilon")),
         ]
         for m in summary["comparison"]
     ]
-    return "<h2>Federated model against single-site models</h2>" + _table(
-        ["model", "training records", "accuracy", "F1 (malignant)", "record-level eps"], rows
+    parts = [
+        "<h2>Federated model against each hospital alone</h2>",
+        "<p>Every model is scored on the same held-out test set. <em>F1 gain</em> is the "
+        "federated model's F1 minus that hospital's own model's F1.</p>",
+        _table(
+            [
+                "model",
+                "training records",
+                "malignant",
+                "accuracy",
+                "F1 (malignant)",
+                "F1 gain",
+                "record-level eps",
+            ],
+            rows,
+        ),
+    ]
+    if summary.get("verdict"):
+        parts.append(f"<p class='verdict'><strong>{html.escape(summary['verdict'])}</strong></p>")
+    return "".join(parts)
+
+
+def _privacy_html(summary: dict[str, Any] | None, reports: list[PrivacyReport]) -> str:
+    """The guarantees in words: the demo's closing note, or the vacuous flags alone."""
+    lines = list(summary.get("privacy", [])) if summary else []
+    if not lines and reports and reports[-1].site_level is not None:
+        site = reports[-1].site_level
+        if is_vacuous(site.epsilon_round):
+            lines.append(
+                f"Site level: VACUOUS, epsilon {fmt_eps(site.epsilon_round)} per round "
+                f"(> {VACUOUS_EPSILON_PER_ROUND:g})."
+            )
+    if not lines:
+        return ""
+    items = "".join(
+        f"<li class='{'warn' if ('VACUOUS' in x or 'NOT PRIVATE' in x) else ''}'>"
+        f"{html.escape(x)}</li>"
+        for x in lines
     )
+    return f"<h2>What is guaranteed</h2><ul class='privacy'>{items}</ul>"
 
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
 text-align:right}th{background:#f0f0f0}img{max-width:100%}code{background:#f4f4f4}
+.vacuous{color:#b00;font-weight:bold}li.warn{color:#b00}.verdict{font-size:1.1em}
+ul.privacy li{margin:.4em 0}
 """
 
 
@@ -139,6 +206,12 @@ def render_html_report(run_dir: str | Path) -> Path:
         f"<h1>secagg privacy report</h1><p>Run <code>{html.escape(str(rd.path))}</code>, "
         f"{len(reports)} completed round(s).</p>",
     ]
+    malignant = {
+        str(m["site"]): float(m["malignant_fraction"])
+        for m in (summary or {}).get("comparison", [])
+        if "site" in m and "malignant_fraction" in m
+    }
+    parts.append(_privacy_html(summary, reports))
     if reports:
         png = base64.b64encode(_plot_png(reports, records)).decode("ascii")
         parts.append(
@@ -154,12 +227,32 @@ def render_html_report(run_dir: str | Path) -> Path:
                     "declined",
                     "accuracy",
                     "F1",
-                    "site-level eps",
-                    "max record-level eps",
+                    "site-level eps (cumulative)",
+                    "max record-level eps (cumulative)",
                 ],
-                _round_rows(reports, records),
+                _round_rows(reports, records, malignant),
             )
         )
+        if malignant and any(r.dropouts.get("masked_input") for r in records):
+            parts.append(
+                "<p>(N% malignant): a hospital whose input is not in that round's sum. Under "
+                "label skew the average then leans towards the other hospitals' label mix, so "
+                "accuracy can dip for that round; DP-SGD noise makes every round wobble too.</p>"
+            )
+        if any(
+            r.site_level is not None and is_vacuous(r.site_level.epsilon_round) for r in reports
+        ):
+            parts.append(
+                f"<p><span class='vacuous'>vacuous</span>: more than epsilon "
+                f"{VACUOUS_EPSILON_PER_ROUND:g} in that round, a bound that rules out almost "
+                "nothing.</p>"
+            )
+        aborted = (summary or {}).get("aborted_rounds") or []
+        if aborted:
+            parts.append(
+                "<p>Aborted rounds (too few hospitals left; nothing released, model unchanged): "
+                f"{html.escape(', '.join(str(a) for a in aborted))}.</p>"
+            )
         last = reports[-1]
         if last.site_level is not None:
             s = last.site_level
@@ -167,8 +260,8 @@ def render_html_report(run_dir: str | Path) -> Path:
                 "<p>Site level: distributed "
                 f"{html.escape(s.mechanism)} noise under secure aggregation, clip {s.l2_clip:g}, "
                 f"total noise stddev {s.noise_stddev_total:g} for any {s.min_clients} survivors, "
-                f"{s.bits}-bit modular sum, wrap-around probability &le; "
-                f"{s.wraparound_probability:.2g} per round.</p>"
+                f"{s.bits}-bit modular sum, wrap-around probability "
+                f"{html.escape(fmt_probability(s.wraparound_probability))} per round.</p>"
             )
         if last.record_level:
             r0 = last.record_level[0]
@@ -182,7 +275,8 @@ def render_html_report(run_dir: str | Path) -> Path:
         parts.append("<h2>Configuration</h2><table><tbody>")
         for k in sorted(config):
             parts.append(
-                f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(config[k]))}</td></tr>"
+                f"<tr><th>{html.escape(k.replace('_', ' '))}</th>"
+                f"<td>{html.escape(fmt_value(config[k]))}</td></tr>"
             )
         parts.append("</tbody></table>")
     parts.append("</body></html>\n")

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import math
 import pathlib
 import tomllib
@@ -63,9 +64,18 @@ from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError
 from secagg.protocol import ACTIVE_STAGES, Stage, choose_parameters
+from secagg.protocol.params import AdversaryClass, full_graph_threshold
 from secagg.transport.tls import is_loopback
 
-__all__ = ["ServiceConfig", "load_config", "parse_public_key"]
+__all__ = [
+    "SITE_POLICY_CORRUPT_FRACTION",
+    "ServiceConfig",
+    "check_keys",
+    "load_config",
+    "parse_public_key",
+    "threshold_advice",
+    "tolerable_dropouts",
+]
 
 DEFAULT_DEADLINES: dict[Stage, float] = {
     Stage.ADVERTISE_KEYS: 60.0,
@@ -201,6 +211,121 @@ def _number(table: Mapping[str, Any], key: str, where: str, default: Any = None)
     return value
 
 
+_TOP_KEYS = {
+    "listen",
+    "data_dir",
+    "aggregator_key",
+    "rounds",
+    "exit_after_rounds",
+    "vector_length",
+    "context",
+    "insecure_allow_plaintext",
+    "encoding",
+    "protocol",
+    "deadlines",
+    "tls",
+    "limits",
+    "service",
+    "distributed_dp",
+    "roster",
+}
+_SECTION_KEYS: dict[str, set[str]] = {
+    "encoding": {"clip", "bits", "scale"},
+    "protocol": {"threshold", "degree", "dropout_rate", "corrupt_fraction"},
+    "deadlines": {s.value for s in ACTIVE_STAGES},
+    "tls": {"certificate", "private_key", "client_ca"},
+    "limits": {"max_message_bytes", "max_chunk_bytes"},
+    "service": {"shutdown_grace", "join_wait", "handshake_timeout"},
+}
+_ROSTER_KEYS = {"party", "public_key", "name"}
+
+
+def check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Refuse a key not in ``allowed``, suggesting the closest known one (a typo is an error:
+    a silently ignored ``clipp = 1.0`` would run with the default clip)."""
+    for key in sorted(set(table) - allowed):
+        close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+        known = ", ".join(sorted(allowed))
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {known}"
+        raise ConfigError(f"unknown key {key!r} in {where}{hint}")
+
+
+def _check_document(doc: Mapping[str, Any]) -> None:
+    check_keys(doc, _TOP_KEYS, "the top level")
+    for name, allowed in _SECTION_KEYS.items():
+        check_keys(_section(doc, name), allowed, f"[{name}]")
+    check_keys(_section(doc, "distributed_dp"), _DP_KEYS, "[distributed_dp]")
+    entries = doc.get("roster", [])
+    if isinstance(entries, list):
+        for k, entry in enumerate(entries):
+            if isinstance(entry, Mapping):
+                check_keys(entry, _ROSTER_KEYS, f"[[roster]] entry {k + 1}")
+
+
+# -- what a threshold means for a small roster --------------------------------------------------
+
+#: The sites' default assumption (the strict site policy): a malicious aggregator that may lie
+#: about dropouts, with 10 % of the roster colluding with it.
+SITE_POLICY_CORRUPT_FRACTION = 0.1
+
+
+def tolerable_dropouts(
+    n: int,
+    *,
+    corrupt_fraction: float = SITE_POLICY_CORRUPT_FRACTION,
+    adversary: AdversaryClass = AdversaryClass.SEMI_MALICIOUS_SERVER,
+) -> int | None:
+    """The most dropouts per round a full-graph round of ``n`` sites can tolerate while its
+    threshold stays safe (:func:`~secagg.protocol.params.full_graph_threshold`); None if no
+    threshold is safe for ``n`` at all."""
+    for dropped in range(max(n - 2, 0), -1, -1):
+        try:
+            full_graph_threshold(
+                n, dropout_rate=dropped / n, corrupt_fraction=corrupt_fraction, adversary=adversary
+            )
+        except ConfigError:
+            continue
+        return dropped
+    return None
+
+
+def threshold_advice(n: int, threshold: int) -> str | None:
+    """What a full-graph ``threshold`` of ``n`` sites means, when it is surprising (no dropout
+    tolerated, or below what the sites' default policy accepts), and how to fix it; else None."""
+    policy = (
+        "the sites' default policy (a malicious aggregator with 10% of the sites colluding: "
+        "t > ceil((n + 0.1 n) / 2))"
+    )
+    safe = tolerable_dropouts(n)
+    if safe is None:
+        return f"no threshold of {n} sites satisfies {policy}: add sites (3 or more)"
+    smallest = n - safe
+    if threshold < smallest:
+        return (
+            f"threshold {threshold} of {n} is below {smallest}, the smallest that {policy} "
+            f"accepts: such sites refuse the round; set [protocol] threshold = {smallest}"
+        )
+    if threshold < n:
+        return None
+    if safe == 0:
+        enough = next(m for m in range(n + 1, 8 * n + 8) if (tolerable_dropouts(m) or 0) >= 1)
+        return (
+            f"threshold {n} of {n}: any dropout aborts the round. Tolerating one needs t = "
+            f"{n - 1}, below {smallest}, the smallest that {policy} accepts; to tolerate a "
+            f"dropout add sites ({enough} or more), or have the sites assume an "
+            "honest-but-curious aggregator"
+        )
+    return (
+        f"threshold {n} of {n}: any dropout aborts the round; [protocol] threshold = {smallest} "
+        f"tolerates {safe} dropout(s) per round and is the smallest that {policy} accepts"
+    )
+
+
+def _explain(exc: ConfigError, n: int) -> ConfigError:
+    advice = threshold_advice(n, n)
+    return ConfigError(f"[protocol] {exc}" + (f". {advice}" if advice else ""))
+
+
 def _load_aggregator_key(path: pathlib.Path) -> IdentityKey:
     from secagg.client import load_identity
 
@@ -279,6 +404,7 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the configuration {path}: {exc}") from exc
+    _check_document(doc)
     base = path.parent
 
     def resolve(p: str) -> pathlib.Path:
@@ -343,9 +469,12 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
         threshold = int(threshold)
         degree = None if degree is None else int(degree)
     elif dropout_rate is not None:
-        params = choose_parameters(
-            n, dropout_rate=float(dropout_rate), corrupt_fraction=float(corrupt_fraction or 0.0)
-        )
+        try:
+            params = choose_parameters(
+                n, dropout_rate=float(dropout_rate), corrupt_fraction=float(corrupt_fraction or 0.0)
+            )
+        except ConfigError as exc:
+            raise _explain(exc, n) from None
         threshold = params.threshold
         degree = None if params.is_full_graph(n) else params.degree
     else:

@@ -159,7 +159,7 @@ def test_cli_verify_rejects_tampering_with_a_precise_message(
 
 
 def test_cli_verify_reports_a_missing_or_foreign_file(tmp_path: Path) -> None:
-    assert main(["audit", "verify", str(tmp_path / "nope.db")]) == 2
+    assert main(["audit", "verify", str(tmp_path / "nope.db")]) == 3  # a missing file
     bogus = tmp_path / "x.db"
     sqlite3.connect(bogus).execute("CREATE TABLE t (x)").connection.commit()
     assert main(["audit", "verify", str(bogus)]) == 2

@@ -14,20 +14,22 @@ pytest.importorskip("opacus")
 from secagg.accounting import PrivacyReport, RdpAccountant
 from secagg.cli import main
 from secagg.demo.data import WDBC_PUBLISHED_RANGES, load_demo_data
-from secagg.demo.federated import DemoConfig, run_demo
+from secagg.demo.federated import DemoConfig, fault_schedule, run_demo
+from secagg.errors import ConfigError
+from secagg.protocol import Stage
 from secagg.reporting import RunDirectory
 
-# Seven hospitals: their strict policies need t = 5 of 7, so a round survives one declining
-# hospital (hospital-2, over its budget) plus one dropout.
-SMALL = {"rounds": 3, "local_epochs": 1, "sites": 7}
+SMALL = {"rounds": 3, "local_epochs": 1}
 
 
 def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     buf = io.StringIO()
-    cfg = DemoConfig(site_budgets={"hospital-2": 1e-3}, **SMALL)
+    cfg = DemoConfig(**SMALL)
+    assert cfg.threshold == 4  # the sites' default policy: t > ceil((5 + 0.5) / 2)
     result = run_demo(cfg, run_dir=run_dir, out=buf, progress=False)
     text = buf.getvalue()
+    names = tuple(f"hospital-{k}" for k in range(1, 6))
 
     rd = RunDirectory(run_dir)
     assert rd.round_ids() == [1, 2, 3]
@@ -43,22 +45,23 @@ def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
         report = PrivacyReport.from_json(raw)
         assert report.to_json() == raw  # schema round trip, byte for byte
         assert report.round_id == rid and report.protection_mode == "mask"
-        assert "hospital-2" not in report.participants
-        assert report.site_level is not None and report.site_level.min_clients == 5
+        assert report.site_level is not None and report.site_level.min_clients == 4
+        assert json.loads(raw)["site_level"]["vacuous"] is True  # epsilon ~1e4 per round
         assert {r.site for r in report.record_level} <= set(report.participants) | set(
             report.dropouts
         )
         record = rd.read_record(rid)
-        assert "hospital-2" in record.declined
         assert record.survivors == report.participants
+        assert sum(len(v) for v in record.dropouts.values()) <= 1  # at most one per round
 
-    # Round 2 drops hospital-3 at the masked input (not in the sum); round 3 drops hospital-6
-    # before unmasking (its input is in the sum).
+    # The seeded schedule: round 2 drops one hospital at the masked input (not in the sum),
+    # round 3 one before unmasking (its input is in the sum).
+    (dropped2,) = fault_schedule(2, names, cfg.seed)[Stage.MASKED_INPUT]
+    (dropped3,) = fault_schedule(3, names, cfg.seed)[Stage.UNMASK]
     r2, r3 = rd.read_record(2), rd.read_record(3)
-    assert r2.dropouts == {"masked_input": ("hospital-3",)}
-    assert "hospital-3" not in r2.survivors
-    assert r3.dropouts == {"unmask": ("hospital-6",)}
-    assert "hospital-6" in r3.survivors
+    assert r2.dropouts == {"masked_input": (dropped2,)} and dropped2 not in r2.survivors
+    assert r3.dropouts == {"unmask": (dropped3,)} and dropped3 in r3.survivors
+    assert f"{dropped2} @ masked input (" in text and "% malignant)" in text
 
     # The stored accountant replays to the reported cumulative site-level epsilon.
     state = rd.read_accountant_state(3)
@@ -66,15 +69,63 @@ def test_reduced_demo_writes_a_complete_run_directory(tmp_path: Path) -> None:
     acc.load_state_dict(state["site_level"])
     assert len(acc.history) == 3
     assert acc.get_epsilon(1e-5) == pytest.approx(result.reports[-1].site_level.epsilon_cumulative)
-    assert set(state["record_level"]) == {f"hospital-{k}" for k in range(1, 8)}
+    assert set(state["record_level"]) == set(names)
 
     html = (run_dir / "report.html").read_text()
     assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
-    assert "hospital-2" in html and "<table>" in html
+    assert "hospital-2" in html and "<table>" in html and "VACUOUS" in html
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(summary["comparison"]) == 8
-    assert "declines" in text and "federated F1" in text and "report:" in text
-    assert np.isfinite(result.federated_f1) and len(result.baselines) == 7
+    assert len(summary["comparison"]) == 6
+    for b in summary["comparison"][1:]:  # each hospital's gain on the same test set
+        assert b["federated_gain_f1"] == pytest.approx(result.federated_f1 - b["f1"])
+    assert summary["verdict"] in text and "F1 gain" in text
+    assert "VACUOUS" in text and "dataset size" in text and "report:" in text
+    assert np.isfinite(result.federated_f1) and len(result.baselines) == 5
+
+
+def test_a_declining_hospital_plus_a_dropout_aborts_the_round_and_the_demo_goes_on(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    buf = io.StringIO()
+    cfg = DemoConfig(site_budgets={"hospital-2": 1e-3}, baselines=False, **SMALL)
+    run_demo(cfg, run_dir=run_dir, out=buf, progress=False)
+    rd = RunDirectory(run_dir)
+    # Round 1: hospital-2 declines (budget), 4 of 5 remain = t. Rounds 2 and 3 also lose a
+    # scheduled dropout: 3 < t, so they abort, release nothing and leave the model unchanged.
+    assert rd.round_ids() == [1]
+    assert "hospital-2" in rd.read_record(1).declined
+    assert "hospital-2" not in rd.read_report(1).participants
+    assert json.loads((run_dir / "summary.json").read_text())["aborted_rounds"] == [2, 3]
+    text = buf.getvalue()
+    assert "declines" in text and text.count("aborted:") == 2 and "model unchanged" in text
+
+
+def test_seed_fixes_split_init_and_schedule_and_noise_only_when_asked(tmp_path: Path) -> None:
+    def final(name: str, **kw: object) -> np.ndarray:
+        cfg = DemoConfig(baselines=False, rounds=2, local_epochs=1, **kw)  # type: ignore[arg-type]
+        run_demo(cfg, run_dir=tmp_path / name, out=io.StringIO(), progress=False)
+        return RunDirectory(tmp_path / name).read_global_weights(2)
+
+    assert np.array_equal(
+        final("a", reproducible_noise=True), final("b", reproducible_noise=True)
+    )  # bit for bit
+    assert not np.array_equal(final("c"), final("d"))  # private: the noise comes from the OS
+    assert not np.array_equal(
+        final("e", reproducible_noise=True), final("f", reproducible_noise=True, seed=1)
+    )
+    assert "NOT PRIVATE" in (tmp_path / "a" / "report.html").read_text()
+    assert "NOT PRIVATE" not in (tmp_path / "c" / "report.html").read_text()
+    names = tuple(f"hospital-{k}" for k in range(1, 6))
+    schedules = {str(fault_schedule(r, names, s)) for r in (2, 5, 8, 11) for s in (0,)}
+    assert len(schedules) > 1  # the seed draws which hospital drops
+
+
+def test_too_few_hospitals_for_the_policy_are_refused_with_advice() -> None:
+    with pytest.raises(ConfigError, match="at least 5 hospitals"):
+        DemoConfig(sites=4)
+    assert DemoConfig(sites=4, dropouts=False).threshold == 4
+    assert DemoConfig(sites=10).threshold == 9
 
 
 def test_resumed_run_continues_the_ledger(tmp_path: Path) -> None:
@@ -114,7 +165,7 @@ def test_cli_demo_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (run_dir / "report.html").is_file()
     assert main(argv) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert main(["report", str(tmp_path / "nothing")]) == 3  # a missing folder (exit codes)
 
 
 def test_split_is_non_iid_with_a_stratified_test_set() -> None:
@@ -140,13 +191,19 @@ def test_public_ranges_are_the_published_table() -> None:
 
 
 def test_reduced_demo_over_grpc_with_real_dropouts_and_verifiable_audit_records(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import sqlite3
+
     from secagg.audit import read_jsonl, verify_records
     from secagg.demo.grpc_runner import GrpcRunner
 
-    run_dir = tmp_path / "grpc-run"
+    # A relative run directory, as `secagg demo --run-dir runs/mine` gives (issue 11: the
+    # aggregator resolved the paths of its config file twice).
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("runs") / "grpc-run"
     cfg = DemoConfig(site_budgets={"hospital-2": 1e-3}, baselines=False, **SMALL)
+    names = tuple(f"hospital-{k}" for k in range(1, 6))
     buf = io.StringIO()
     result = run_demo(
         cfg,
@@ -156,39 +213,59 @@ def test_reduced_demo_over_grpc_with_real_dropouts_and_verifiable_audit_records(
         runner_factory=lambda hospitals: GrpcRunner(run_dir, [h.name for h in hospitals]),
     )
     rd = RunDirectory(run_dir)
-    assert rd.round_ids() == [1, 2, 3]
-    # The dropouts were real: the aggregator's deadline cut the silent hospitals off.
+    # hospital-2 declines every round (its budget); round 1 completes with 4 of 5 = t, rounds 2
+    # and 3 lose a real dropout too and abort (3 < t).
+    assert rd.round_ids() == [1]
+    assert "hospital-2" in rd.read_record(1).declined
     log = (run_dir / "grpc" / "aggregator.log").read_text()
-    assert '"event":"client_missed_deadline","round":2,"party":3,"stage":"masked_input"' in log
-    assert '"event":"client_missed_deadline","round":3,"party":6,"stage":"unmask"' in log
-    r2, r3 = rd.read_record(2), rd.read_record(3)
-    assert r2.dropouts == {"masked_input": ("hospital-3",)} and "hospital-3" not in r2.survivors
-    assert r3.dropouts == {"unmask": ("hospital-6",)} and "hospital-6" in r3.survivors
-    for rid in (1, 2, 3):
-        assert "hospital-2" in rd.read_record(rid).declined  # its budget: it declined each round
+    (d2,) = fault_schedule(2, names, cfg.seed)[Stage.MASKED_INPUT]
+    (d3,) = fault_schedule(3, names, cfg.seed)[Stage.UNMASK]
+    p2, p3 = names.index(d2) + 1, names.index(d3) + 1
+    # The dropouts were real: the silent hospital never sent its masked input (round 2) or its
+    # shares (round 3), and the aggregator aborted at that stage's deadline.
+    assert f'"event":"masked_input_started","round":2,"party":{p2},' not in log
+    assert '"round_aborted","round":2,"stage":"masked_input"' in log
+    assert '"round_aborted","round":3,"stage":"unmask"' in log
+    assert log.count("threshold is 4") == 2
+    assert f'"event":"masked_input_started","round":3,"party":{p3},' in log
+    assert buf.getvalue().count("aborted:") == 2
 
-    # The privacy reports in the run directory are the aggregator's, signed into its records.
+    # The privacy reports in the run directory are the aggregator's, signed into its records;
+    # the aborted rounds have records too (without a report).
     texts = list(read_jsonl(run_dir / "audit.jsonl"))
     pub = (run_dir / "aggregator.pub").read_text().strip()
     chain = verify_records(texts, aggregator_key=load_identity_pub(pub))
     assert chain.ok, chain.problems
-    assert [r.privacy_report for r in chain.records] == list(result.reports)
-    assert [rd.read_report(r) for r in (1, 2, 3)] == list(result.reports)
+    assert [r.outcome for r in chain.records] == ["completed", "aborted", "aborted"]
+    assert [r.privacy_report for r in chain.records if r.privacy_report] == list(result.reports)
+    assert [rd.read_report(1)] == list(result.reports)
     last = result.reports[-1]
     assert "hospital-2" not in last.participants and last.site_level is not None
     assert {s.site for s in last.record_level} == set(last.participants)
     acc = RdpAccountant()
-    acc.load_state_dict(rd.read_accountant_state(3)["site_level"])
+    acc.load_state_dict(rd.read_accountant_state(1)["site_level"])
     assert acc.get_epsilon(1e-5) == pytest.approx(last.site_level.epsilon_cumulative)
-    ledgers = rd.read_accountant_state(3)["record_level"]
-    assert set(ledgers) == {f"hospital-{k}" for k in range(1, 8)}
+    ledgers = rd.read_accountant_state(1)["record_level"]
+    assert set(ledgers) == set(names)
     assert (run_dir / "report.html").is_file()
     assert "audit records:" in buf.getvalue()
 
     assert main(["audit", "verify", str(run_dir), "--aggregator-key", pub]) == 0
-    assert "OK: 3 records" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK: 3 records" in out and "aggregator/audit.db" in out and "audit.jsonl" in out
     leftovers = [p for p in (run_dir / "aggregator" / "spool").iterdir()]
     assert not leftovers
+
+    # An edit inside the aggregator's own ledger (not only the export) is caught.
+    db = sqlite3.connect(run_dir / "aggregator" / "audit.db")
+    db.execute(
+        "UPDATE audit_round_records SET record_json = replace(record_json, "
+        '\'"outcome":"completed"\', \'"outcome":"aborted"\') WHERE seq = 0'
+    )
+    db.commit()
+    db.close()
+    assert main(["audit", "verify", str(run_dir), "--aggregator-key", pub]) == 1
+    assert "aggregator/audit.db" in capsys.readouterr().err
 
 
 def load_identity_pub(hex_key: str):  # type: ignore[no-untyped-def]
