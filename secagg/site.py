@@ -26,7 +26,6 @@ defaults (a malicious aggregator, 10 % corrupt) apply to everything not set.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from secagg._toml import check_keys
 from secagg.audit.site_ledger import SiteLedgerFile
 from secagg.crypto import IdentityKey, IdentityPublicKey
 from secagg.dp.distributed import DistributedDPParams, distributed_dp_epsilon
@@ -79,16 +79,6 @@ class SiteConfig:
         return SiteLedgerFile(self.ledger_path, identity)
 
 
-def _check_keys(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    for key in section:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-            raise ConfigError(
-                f"unknown key {key!r} in {where}"
-                + (f"; did you mean {hint[0]!r}?" if hint else f"; allowed: {sorted(allowed)}")
-            )
-
-
 def read_roster(entries: Any, where: str) -> dict[int, IdentityPublicKey]:
     """``[[roster]]`` entries (party, public_key hex; other keys such as name are ignored)."""
     if not isinstance(entries, list) or not entries:
@@ -110,7 +100,7 @@ def read_roster(entries: Any, where: str) -> dict[int, IdentityPublicKey]:
 
 def policy_from_mapping(section: Mapping[str, Any], base_dir: Path) -> SitePolicy:
     """A :class:`SitePolicy` from a ``[policy]`` table (relative paths from ``base_dir``)."""
-    _check_keys(section, _POLICY_KEYS, "[policy]")
+    check_keys(section, _POLICY_KEYS, "[policy]")
     d = dict(section)
     pins = [k for k in ("roster", "roster_file", "roster_fingerprint") if k in d]
     unpinned = bool(d.pop("unpinned", False))
@@ -140,7 +130,7 @@ def policy_from_mapping(section: Mapping[str, Any], base_dir: Path) -> SitePolic
     dp = d.pop("dp", {})
     if not isinstance(dp, Mapping):
         raise ConfigError("[policy.dp] must be a table")
-    _check_keys(dp, _DP_KEYS, "[policy.dp]")
+    check_keys(dp, _DP_KEYS, "[policy.dp]")
     if "adversary" in d:
         try:
             d["adversary"] = AdversaryClass(str(d["adversary"]))
@@ -167,7 +157,7 @@ def load_site_config(path: str | os.PathLike[str]) -> SiteConfig:
         raise ConfigError(f"the site configuration {p} does not exist") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the site configuration {p}: {exc}") from None
-    _check_keys(doc, _TOP_KEYS, str(p))
+    check_keys(doc, _TOP_KEYS, str(p))
     if "policy" not in doc:
         raise ConfigError(f"{p} has no [policy] section: a site must say what it accepts")
     base = p.resolve().parent

@@ -140,6 +140,8 @@ class GrpcRunner:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.run_dir / "aggregator"
         self.aggregator_key = self._key(self.dir / "aggregator.key")
+        # The demo reads each round's record as an auditor (records are not public).
+        self.auditor_key = self._key(self.dir / "auditor.key")
         self.keys = {name: self.dir / f"{name}.key" for name in self.names}
         for path in self.keys.values():
             self._key(path)
@@ -206,6 +208,7 @@ class GrpcRunner:
             f"data_dir = {json.dumps(os.path.relpath(self.data_dir, self.dir))}",
             'aggregator_key = "aggregator.key"',
             "rounds = 1000000",
+            f"auditors = [\"{self.auditor_key.public_key.to_bytes().hex()}\"]",
             f"vector_length = {dp.padded_dimension}",
             'context = "secagg demo"',
             f"[encoding]\nclip = 1.0\nbits = {dp.bits}",
@@ -296,7 +299,7 @@ class GrpcRunner:
         if len({r["digest"] for r in done}) != 1:
             raise RuntimeError("the hospitals received different aggregates")
         total = np.frombuffer(base64.b64decode(done[0]["total"]), dtype="<u4").astype(np.uint32)
-        with AggregatorClient(self.target, IdentityKey.generate(), timeout=60) as client:
+        with AggregatorClient(self.target, self.auditor_key, timeout=60) as client:
             record = client.get_round_record(server_round)
         by_party = {p: n for n, p in self.party.items()}
         survivors = tuple(by_party[p] for p in sorted(record["survivors"]))

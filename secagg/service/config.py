@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import math
 import pathlib
 import tomllib
@@ -59,6 +58,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from secagg._toml import check_keys
 from secagg.crypto import IdentityKey, IdentityPublicKey
 from secagg.dp.distributed import DistributedDPConfig
 from secagg.encoding import FixedPointEncoding
@@ -70,7 +70,6 @@ from secagg.transport.tls import is_loopback
 __all__ = [
     "SITE_POLICY_CORRUPT_FRACTION",
     "ServiceConfig",
-    "check_keys",
     "load_config",
     "parse_public_key",
     "threshold_advice",
@@ -228,6 +227,7 @@ _TOP_KEYS = {
     "service",
     "distributed_dp",
     "roster",
+    "auditors",
 }
 _SECTION_KEYS: dict[str, set[str]] = {
     "encoding": {"clip", "bits", "scale"},
@@ -235,19 +235,16 @@ _SECTION_KEYS: dict[str, set[str]] = {
     "deadlines": {s.value for s in ACTIVE_STAGES},
     "tls": {"certificate", "private_key", "client_ca"},
     "limits": {"max_message_bytes", "max_chunk_bytes"},
-    "service": {"shutdown_grace", "join_wait", "handshake_timeout"},
+    "service": {
+        "shutdown_grace",
+        "join_wait",
+        "handshake_timeout",
+        "hello_timeout",
+        "max_unauthenticated_streams",
+        "max_unary_calls",
+    },
 }
 _ROSTER_KEYS = {"party", "public_key", "name"}
-
-
-def check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    """Refuse a key not in ``allowed``, suggesting the closest known one (a typo is an error:
-    a silently ignored ``clipp = 1.0`` would run with the default clip)."""
-    for key in sorted(set(table) - allowed):
-        close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
-        known = ", ".join(sorted(allowed))
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {known}"
-        raise ConfigError(f"unknown key {key!r} in {where}{hint}")
 
 
 def _check_document(doc: Mapping[str, Any]) -> None:
