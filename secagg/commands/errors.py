@@ -15,7 +15,13 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from secagg.errors import ConfigError, RoundAborted, SecAggError
+from secagg.errors import (
+    ConfigError,
+    OutcomeMismatch,
+    PolicyViolation,
+    RoundAborted,
+    SecAggError,
+)
 
 __all__ = [
     "EXIT_CODES",
@@ -90,6 +96,10 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return exc.exit_code, str(exc)
     if isinstance(exc, RoundAborted):
         return EXIT_FAILED, f"{exc} (the round released nothing; try the next one)"
+    if isinstance(exc, PolicyViolation):
+        return EXIT_FAILED, f"this site's policy refused the round and sent nothing: {exc}"
+    if isinstance(exc, OutcomeMismatch):
+        return EXIT_FAILED, f"ALARM, recorded in this site's ledger: {exc}"
     if isinstance(exc, AggregatorError):
         if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and "reach" in exc.details:
             return EXIT_NETWORK, (

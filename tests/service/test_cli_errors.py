@@ -45,8 +45,13 @@ def secagg(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
     return run([PY, "-m", "secagg", *args], cwd)
 
 
-def client(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
-    return run([PY, str(EXAMPLE_CLIENT), *args], cwd)
+def client(
+    *args: str, cwd: pathlib.Path, site: str = "site.toml"
+) -> subprocess.CompletedProcess[str]:
+    """The example client, with ``--site`` (written if missing: an unpinned, relaxed policy)."""
+    if site == "site.toml" and not (cwd / site).exists():
+        (cwd / site).write_text('[policy]\nunpinned = true\nmin_parties = 2\n')
+    return run([PY, str(EXAMPLE_CLIENT), "--site", site, *args], cwd)
 
 
 def one_line(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
@@ -193,16 +198,42 @@ def test_client_errors_against_a_live_aggregator(tmp_path: pathlib.Path) -> None
         np.save(tmp_path / "short.npy", np.zeros(5))
         np.save(tmp_path / "nan.npy", np.full(8, np.nan))
         args = ("--target", server.target, "--key", str(keys[1]))
+        site = str(keys[1].with_suffix(".toml"))
         one_line(
-            client(*args, "--update", "short.npy", cwd=tmp_path),
+            client(*args, "--update", "short.npy", cwd=tmp_path, site=site),
             EXIT_CONFIG,
             "vector of 8 values",
         )
-        one_line(client(*args, "--update", "nan.npy", cwd=tmp_path), EXIT_CONFIG, "NaN")
+        one_line(
+            client(*args, "--update", "nan.npy", cwd=tmp_path, site=site), EXIT_CONFIG, "NaN"
+        )
         # Alone in a round that needs 2: the round aborts and the client says so (exit 1).
-        one_line(client(*args, cwd=tmp_path), EXIT_FAILED, "aborted")
+        one_line(client(*args, cwd=tmp_path, site=site), EXIT_FAILED, "aborted")
+        # A site whose own (strict) policy refuses the round: one line, exit 1, nothing sent.
+        strict = tmp_path / "strict.toml"
+        strict.write_text(f'[policy]\nroster_file = "{config.name}"\n')
+        one_line(
+            client(*args, cwd=tmp_path, site=str(strict)),
+            EXIT_FAILED,
+            "policy refused the round",
+            "roster size",
+        )
     finally:
         server.stop()
+
+
+def test_site_configuration_errors(tmp_path: pathlib.Path) -> None:
+    save_identity(IdentityKey.generate(), tmp_path / "site1.key")
+    args = ("--target", "127.0.0.1:1", "--key", "site1.key")
+    one_line(client(*args, cwd=tmp_path, site="nope.toml"), EXIT_CONFIG, "nope.toml")
+    (tmp_path / "bad.toml").write_text("[policy]\ncorupt_fraction = 0.2\nunpinned = true\n")
+    one_line(
+        client(*args, cwd=tmp_path, site="bad.toml"),
+        EXIT_CONFIG,
+        "did you mean 'corrupt_fraction'?",
+    )
+    (tmp_path / "open.toml").write_text("[policy]\ncorrupt_fraction = 0.2\n")
+    one_line(client(*args, cwd=tmp_path, site="open.toml"), EXIT_CONFIG, "must pin the roster")
 
 
 def test_audit_and_report_errors(tmp_path: pathlib.Path) -> None:
