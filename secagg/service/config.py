@@ -123,7 +123,7 @@ class ServiceConfig:
     handshake_timeout: float = 30.0
     hello_timeout: float = 5.0
     """Seconds a new stream has to send its signed Hello (outsiders are cut off after it)."""
-    max_unauthenticated_streams: int = 32
+    max_unauthenticated_streams: int = 128
     """Streams that have not yet proven an identity, at once (well below the worker pool)."""
     max_unary_calls: int = 8
     """Concurrent GetRoundRecord / ListRounds calls (their own capacity)."""
@@ -538,7 +538,7 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
         "handshake_timeout": float(_number(service, "handshake_timeout", "[service] ", 30.0)),
         "hello_timeout": float(_number(service, "hello_timeout", "[service] ", 5.0)),
         "max_unauthenticated_streams": int(
-            _number(service, "max_unauthenticated_streams", "[service] ", 32)
+            _number(service, "max_unauthenticated_streams", "[service] ", 128)
         ),
         "max_unary_calls": int(_number(service, "max_unary_calls", "[service] ", 8)),
         "auditors": _auditors(doc.get("auditors", [])),
