@@ -9,7 +9,7 @@ signatures over the survivor set.
 """
 
 from secagg.audit.chain import RecordChain, RecordSink, record_round, run_recorded_round
-from secagg.audit.ledger import AuditLedger, read_jsonl, read_ledger, write_jsonl
+from secagg.audit.ledger import AuditLedger, index_problems, read_jsonl, read_ledger, write_jsonl
 from secagg.audit.record import (
     AUDIT_SIGNING_CONTEXT,
     GENESIS_HASH,
@@ -48,6 +48,7 @@ __all__ = [
     "SiteLedgerReport",
     "aggregate_digest",
     "build_record",
+    "index_problems",
     "read_jsonl",
     "read_ledger",
     "read_site_ledger",

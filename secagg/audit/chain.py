@@ -17,6 +17,7 @@ from secagg.protocol import (
     AggregateResult,
     RoundConfig,
     ServerSession,
+    SiteLedger,
     SitePolicy,
     Stage,
 )
@@ -119,16 +120,25 @@ def run_recorded_round(
     privacy_report: PrivacyReport | None = None,
     created_at: str | None = None,
     policy: SitePolicy | None = None,
+    ledgers: Mapping[int, SiteLedger] | None = None,
+    server: ServerSession | None = None,
 ) -> tuple[AggregateResult, RoundRecord]:
     """Like :func:`secagg.simulate.run_round`, and record the round (completed or aborted).
 
     An aborted round is recorded, then :class:`~secagg.errors.RoundAborted` is raised as usual.
-    ``policy``: every simulated site's policy (default: the strict one, pinned to the roster).
+    ``policy``: every simulated site's policy (default: the strict one, pinned to the roster);
+    ``ledgers``: each site's ledger; ``server``: a fresh server session to drive (default: one).
     """
-    server = ServerSession(config)
+    server = server or ServerSession(config)
     try:
         result = run_round(
-            config, identities, encoded_inputs, dropouts=dropouts, server=server, policy=policy
+            config,
+            identities,
+            encoded_inputs,
+            dropouts=dropouts,
+            server=server,
+            policy=policy,
+            ledgers=ledgers,
         )
     except RoundAborted:
         record_round(

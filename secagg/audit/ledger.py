@@ -31,7 +31,7 @@ from secagg.audit.record import (
 from secagg.crypto import IdentityPublicKey
 from secagg.errors import InvalidSignature
 
-__all__ = ["AuditLedger", "read_jsonl", "read_ledger", "write_jsonl"]
+__all__ = ["AuditLedger", "index_problems", "read_jsonl", "read_ledger", "write_jsonl"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_round_records (
@@ -263,3 +263,42 @@ def read_ledger(path: str | os.PathLike[str]) -> tuple[list[str], IdentityPublic
         except ValueError as exc:
             raise AuditError(f"{path}: the stored aggregator key is malformed") from exc
     return texts, key
+
+
+def index_problems(path: str | os.PathLike[str]) -> list[str]:
+    """Where the ledger's index columns (round id, outcome, links) contradict the signed records.
+
+    The columns serve queries; only the record text is signed, so an edited column could mislead
+    whoever reads the table rather than the records. Unreadable records are the chain check's
+    business and are skipped here.
+    """
+    uri = Path(path).resolve().as_uri() + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        rows = db.execute(
+            "SELECT seq, round_id, outcome, prev_hash, record_hash, record_json "
+            "FROM audit_round_records ORDER BY seq"
+        ).fetchall()
+        db.close()
+    except sqlite3.Error as exc:
+        raise AuditError(f"{path}: not an audit ledger ({exc})") from exc
+    problems = []
+    for seq, round_id, outcome, prev_hash, record_hash, text in rows:
+        try:
+            record = RoundRecord.from_json(str(text))
+        except RecordFormatError:
+            continue
+        columns = {
+            "seq": (seq, record.sequence),
+            "round_id": (round_id, record.round_id),
+            "outcome": (outcome, record.outcome),
+            "prev_hash": (bytes(prev_hash), record.prev_hash),
+            "record_hash": (bytes(record_hash), record.record_hash()),
+        }
+        for name, (column, signed) in columns.items():
+            if column != signed:
+                problems.append(
+                    f"{Path(path).name} row {seq}: the index column {name} contradicts the "
+                    "signed record"
+                )
+    return problems

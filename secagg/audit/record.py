@@ -237,6 +237,11 @@ class RoundRecord:
     aggregator_key: bytes
     cheaters: tuple[tuple[int, str], ...] = ()
     """Parties the server proved to have cheated, with the evidence in words."""
+    # (party, survivors digest, self-mask owners, mask-key owners, shares digest, signature): the
+    # sites' signed statements of what they revealed at unmask (UnmaskReceipt), sorted by party.
+    unmask_receipts: tuple[
+        tuple[int, bytes, tuple[int, ...], tuple[int, ...], bytes, bytes], ...
+    ] = ()
     signature: bytes = field(default=bytes(64))
     schema: str = RECORD_SCHEMA
     protocol_version: str = PROTOCOL_VERSION
@@ -274,6 +279,10 @@ class RoundRecord:
             else self.privacy_report.to_dict(),
             "aggregator_key": self.aggregator_key.hex(),
             "cheaters": [[p, why] for p, why in self.cheaters],
+            "unmask_receipts": [
+                [p, d.hex(), list(seeds), list(keys), sd.hex(), sig.hex()]
+                for p, d, seeds, keys, sd, sig in self.unmask_receipts
+            ],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -356,6 +365,21 @@ class RoundRecord:
                 raise _fail("field 'cheaters' must hold [party, reason] entries")
             cheaters.append((item[0], item[1][:_MAX_TEXT]))
         _party_list([c[0] for c in cheaters], "cheaters parties")
+        receipts = []
+        for item in _list(d["unmask_receipts"], "unmask_receipts"):
+            if not (isinstance(item, list) and len(item) == 6):
+                raise _fail("field 'unmask_receipts' must hold 6-field entries")
+            receipts.append(
+                (
+                    item[0],
+                    _hex(item[1], "receipt survivors digest", 32),
+                    _party_list(item[2], "receipt self-mask owners"),
+                    _party_list(item[3], "receipt mask-key owners"),
+                    _hex(item[4], "receipt shares digest", 32),
+                    _hex(item[5], "receipt signature", 64),
+                )
+            )
+        _party_list([r[0] for r in receipts], "unmask_receipts parties")
         return cls(
             schema=RECORD_SCHEMA,
             protocol_version=PROTOCOL_VERSION,
@@ -381,6 +405,7 @@ class RoundRecord:
             privacy_report=report,
             aggregator_key=_hex(d["aggregator_key"], "aggregator_key", 32),
             cheaters=tuple(cheaters),
+            unmask_receipts=tuple(receipts),
             signature=_hex(d["signature"], "signature", 64),
         )
 
@@ -437,6 +462,7 @@ _RECORD_KEYS: Final = (
     "privacy_report",
     "aggregator_key",
     "cheaters",
+    "unmask_receipts",
     "signature",
 )
 
@@ -519,5 +545,16 @@ def build_record(
         privacy_report=privacy_report,
         aggregator_key=aggregator_key.public_key.to_bytes(),
         cheaters=tuple(sorted(t.cheaters.items())),
+        unmask_receipts=tuple(
+            (
+                r.sender,
+                r.survivors_digest,
+                r.self_mask_owners,
+                r.mask_key_owners,
+                r.shares_digest,
+                r.signature,
+            )
+            for r in t.unmask_receipts
+        ),
     )
     return record.signed_by(aggregator_key)

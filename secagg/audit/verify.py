@@ -14,13 +14,24 @@ For every record, in order, the verifier checks:
    ``threshold`` of them;
 7. the outcome is coherent (a completed round has an aggregate digest, its survivors are the
    masked-input senders, a dropped party never counts as a survivor), and the privacy report, if
-   any, is for this round.
+   any, is for this round;
+8. round ids strictly increase along the chain (a repeated round lets the aggregator isolate a
+   site by difference);
+9. the threshold is one the stated assumptions accept (by default the strict site policy: a
+   malicious aggregator, 10 % corrupt), so a split view could not have unmasked a site;
+10. every unmask receipt (a site's signed statement of the shares it revealed) verifies, and a
+    round whose receipts would have let the aggregator rebuild the sum is recorded as completed,
+    with a privacy report: a released round cannot hide as aborted.
+
+An empty chain is a problem too (nothing was proven). Site ledgers are checked against the chain
+by :func:`secagg.audit.crosscheck.crosscheck_sites`.
 
 Every failure is reported with the record's position, its round and what failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,18 +42,20 @@ from secagg.audit.record import (
     RoundRecord,
 )
 from secagg.crypto import IdentityPublicKey
-from secagg.errors import ConfigError, InvalidSignature, MalformedMessage
+from secagg.errors import ConfigError, InvalidSignature, MalformedMessage, PolicyViolation
 from secagg.protocol.config import RoundConfig
 from secagg.protocol.messages import (
     AdvertiseKeys,
     Stage,
+    UnmaskReceipt,
     compute_session_id,
     signing_context,
     survivors_digest,
     survivors_payload,
 )
+from secagg.protocol.policy import SitePolicy
 
-__all__ = ["ChainReport", "verify_records"]
+__all__ = ["ChainReport", "recorded_receipts", "releasable", "verify_records"]
 
 
 @dataclass
@@ -132,6 +145,77 @@ def _check_consistency(record: RoundRecord, config: RoundConfig) -> None:
         )
 
 
+def _check_threshold(record: RoundRecord, config: RoundConfig, assumptions: SitePolicy) -> None:
+    policy = dataclasses.replace(assumptions, roster=config.roster, roster_subsets=False)
+    try:
+        policy.check_round(config)
+    except PolicyViolation as exc:
+        raise _Problem(
+            f"the round ran with {exc.parameter} {exc.offered}, which the assumptions "
+            f"({policy.adversary.value}, corrupt fraction {policy.corrupt_fraction:g}) do not "
+            f"accept (required {exc.required}): a split view could have unmasked a site"
+        ) from None
+
+
+def recorded_receipts(record: RoundRecord, config: RoundConfig) -> list[UnmaskReceipt]:
+    """The record's unmask receipts, each verified under its site's roster key."""
+    digest = (
+        survivors_digest(record.session_id, config.roster_index.encode(record.survivors))
+        if record.session_id
+        else b""
+    )
+    out = []
+    for party, sdigest, seeds, keys, shares, sig in record.unmask_receipts:
+        receipt = UnmaskReceipt(
+            record.round_id, party, record.session_id, sdigest, seeds, keys, shares, sig
+        )
+        if party not in config.roster:
+            raise _Problem(f"an unmask receipt of party {party}, which is not in the roster")
+        try:
+            receipt.verify(config.roster[party], config.digest)
+        except InvalidSignature:
+            raise _Problem(f"the unmask receipt of party {party} is not signed by it") from None
+        if sdigest != digest and record.survivors:
+            raise _Problem(
+                f"party {party}'s unmask receipt answers another survivor set than the recorded one"
+            )
+        out.append(receipt)
+    return out
+
+
+def releasable(record: RoundRecord, config: RoundConfig, receipts: Iterable[UnmaskReceipt]) -> bool:
+    """Whether these revealed shares let the aggregator rebuild the sum: t seed shares of every
+    survivor and t key shares of every dropped party with a surviving neighbour."""
+    seeds: dict[int, int] = {}
+    keys: dict[int, int] = {}
+    for r in receipts:
+        for owner in r.self_mask_owners:
+            seeds[owner] = seeds.get(owner, 0) + 1
+        for owner in r.mask_key_owners:
+            keys[owner] = keys.get(owner, 0) + 1
+    t = config.threshold
+    survivors = set(record.survivors)
+    if not survivors or any(seeds.get(p, 0) < t for p in survivors):
+        return False
+    dropped = [v for v in record.dropped if config.graph.neighbours(v) & survivors]
+    return all(keys.get(v, 0) >= t for v in dropped)
+
+
+def _check_release(record: RoundRecord, config: RoundConfig) -> None:
+    receipts = recorded_receipts(record, config)
+    if record.outcome == "completed":
+        if record.privacy_report is None:
+            raise _Problem("a completed (released) round without a privacy report")
+        return
+    if receipts and releasable(record, config, receipts):
+        named = [p for p, _ in record.cheaters if str(p) in (record.abort_reason or "")]
+        if not named:
+            raise _Problem(
+                "recorded as aborted although its sites revealed enough shares to rebuild the "
+                "sum: a released round hidden from the privacy accounting"
+            )
+
+
 def _check_outcome(record: RoundRecord) -> None:
     participants = dict(record.participants)
     if set(record.survivors) & set(record.dropped):
@@ -159,6 +243,7 @@ def verify_records(
     *,
     aggregator_key: IdentityPublicKey | None = None,
     expected_head: bytes | None = None,
+    assumptions: SitePolicy | None = None,
 ) -> ChainReport:
     """Verify a whole chain given as canonical record texts, oldest first.
 
@@ -169,9 +254,14 @@ def verify_records(
     ``aggregator_key`` is the pinned aggregator public key. Without it the key of the first
     record is used (trust on first use) and every record must carry the same one; pin the key to
     detect a chain that was re-signed wholesale.
+
+    ``assumptions``: the trust assumptions each round's threshold is checked against (a
+    :class:`SitePolicy`; its roster is replaced by each record's). Default: the strict policy.
     """
     report = ChainReport(aggregator_key=aggregator_key)
+    policy = assumptions or SitePolicy(roster=None, min_parties=2)
     expected_prev = GENESIS_HASH
+    last_round: int | None = None
     for index, raw in enumerate(raw_records):
         try:
             record = RoundRecord.from_json(raw)
@@ -208,14 +298,32 @@ def verify_records(
             key.verify(record.signature, AUDIT_SIGNING_CONTEXT, record.signed_digest())
         except InvalidSignature:
             report.problems.append(f"{where}: the aggregator signature does not verify")
+        if last_round is not None and record.round_id <= last_round:
+            report.problems.append(
+                f"{where}: round id {record.round_id} after round {last_round} (a repeated or "
+                "decreasing round id lets the aggregator isolate a site by difference)"
+            )
+        last_round = record.round_id
+        for check in (
+            _check_advertisements,
+            _check_consistency,
+            lambda r, c: _check_threshold(r, c, policy),
+            _check_release,
+        ):
+            try:
+                config = _check_config(record)
+                assert config is not None
+                check(record, config)
+            except _Problem as exc:
+                report.problems.append(f"{where}: {exc}")
+                if "configuration" in str(exc) or "config_digest" in str(exc):
+                    break
         try:
-            config = _check_config(record)
-            assert config is not None
-            _check_advertisements(record, config)
-            _check_consistency(record, config)
             _check_outcome(record)
         except _Problem as exc:
             report.problems.append(f"{where}: {exc}")
+    if not report.records and not report.problems:
+        report.problems.append("the chain holds no record: nothing was proven")
     report.head = expected_prev if report.records else GENESIS_HASH
     if expected_head is not None and report.head != expected_head:
         report.problems.append(

@@ -28,6 +28,7 @@ from secagg.service.config import ServiceConfig
 from secagg.service.coordinator import RoundCoordinator, clean_spool_dir
 from secagg.service.logs import log_event
 from secagg.service.records import RoundBooks
+from secagg.service.transcript import transcript_dir
 from secagg.store import RoundStore, StoredRound
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
@@ -286,6 +287,11 @@ class Aggregator:
             logger=self.log,
             books=self.books,
             site_name=cfg.site_name,
+            transcript_dir=(
+                transcript_dir(cfg.data_dir, params.config.round_id)
+                if cfg.retain_transcripts
+                else None
+            ),
         )
 
     def stop(self, grace: float = 2.0) -> None:

@@ -127,6 +127,8 @@ class ServiceConfig:
     """Streams that have not yet proven an identity, at once (well below the worker pool)."""
     max_unary_calls: int = 8
     """Concurrent GetRoundRecord / ListRounds calls (their own capacity)."""
+    retain_transcripts: bool = True
+    """Keep every round's signed transcript (about 4 n m bytes) for `secagg audit replay`."""
     auditors: tuple[IdentityPublicKey, ...] = field(default=(), repr=False)
     """Identity keys, besides the roster's, allowed to read results and records."""
     shutdown_grace: float = 5.0
@@ -242,6 +244,7 @@ _SECTION_KEYS: dict[str, set[str]] = {
         "hello_timeout",
         "max_unauthenticated_streams",
         "max_unary_calls",
+        "retain_transcripts",
     },
 }
 _ROSTER_KEYS = {"party", "public_key", "name"}
@@ -541,6 +544,7 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
             _number(service, "max_unauthenticated_streams", "[service] ", 128)
         ),
         "max_unary_calls": int(_number(service, "max_unary_calls", "[service] ", 8)),
+        "retain_transcripts": bool(service.get("retain_transcripts", True)),
         "auditors": _auditors(doc.get("auditors", [])),
         "shutdown_grace": float(_number(service, "shutdown_grace", "[service] ", 5.0)),
         "max_message_bytes": int(_number(limits, "max_message_bytes", "[limits] ", 4 * MiB)),

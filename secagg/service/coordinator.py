@@ -33,6 +33,7 @@ from secagg.errors import MalformedMessage, ReplayedMessage, RoundAborted, Unexp
 from secagg.protocol import ACTIVE_STAGES, ClientMessage, ServerMessage, ServerSession, Stage
 from secagg.service.logs import log_event
 from secagg.service.records import RoundBooks
+from secagg.service.transcript import TranscriptWriter
 from secagg.store import RoundOutcomeRecord, RoundStore
 from secagg.transport import words
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
@@ -106,6 +107,7 @@ class RoundCoordinator:
         logger: logging.Logger,
         books: RoundBooks,
         site_name: Callable[[int], str] = str,
+        transcript_dir: pathlib.Path | None = None,
     ) -> None:
         self.params = params
         self.config = params.config
@@ -133,6 +135,9 @@ class RoundCoordinator:
         self.books = books
         self._site_name = site_name
         self._statements: dict[int, tuple[SiteRecordLevelDP, dict[str, Any]]] = {}
+        # Every accepted message, as signed, for `secagg audit replay` (None: not retained).
+        self._transcript_dir = transcript_dir
+        self._transcript: TranscriptWriter | None = None
 
     # --- called by stream threads ------------------------------------------------------------
 
@@ -194,6 +199,8 @@ class RoundCoordinator:
             if not self._persisted:
                 self.store.start_round(self.round_id, self.config.digest, self._config_json())
                 self._persisted = True
+                if self._transcript_dir is not None:
+                    self._transcript = TranscriptWriter(self._transcript_dir, self.params)
                 self._stage_opened = time.monotonic()
                 self._stage_deadline = (
                     self._stage_opened + self.params.deadlines[Stage.ADVERTISE_KEYS]
@@ -211,8 +218,12 @@ class RoundCoordinator:
                 self._gone.add(party)
                 self._cond.notify_all()
 
-    def submit(self, party: int, message: ClientMessage) -> None:
-        """Hand one decoded client message to the session (raises the core's typed errors)."""
+    def submit(
+        self, party: int, message: ClientMessage, masked_file: pathlib.Path | None = None
+    ) -> None:
+        """Hand one decoded client message to the session (raises the core's typed errors);
+        once accepted it goes into the round's transcript (a masked input's spool file moves
+        there)."""
         if message.sender != party:
             raise UnexpectedMessage(
                 f"the stream is authenticated as party {party}; it cannot send messages of "
@@ -227,6 +238,8 @@ class RoundCoordinator:
             stage = self.session.stage
             start = time.perf_counter()
             self.session.receive(message)
+            if self._transcript is not None:
+                self._transcript.add(message, masked_file)
             self._cond.notify_all()
         log_event(
             self._log,
@@ -312,7 +325,7 @@ class RoundCoordinator:
         try:
             message = spool.finish()
             try:
-                self.submit(party, message)
+                self.submit(party, message, spool.path)
             finally:
                 del message
         finally:
@@ -391,6 +404,7 @@ class RoundCoordinator:
                 for spool in self._spools.values():
                     spool.discard()
                 self._spools.clear()
+                self._close_transcript()
         return True
 
     def _wait(self, stage: Stage) -> None:
@@ -594,6 +608,11 @@ class RoundCoordinator:
             abort_stage=stage,
             abort_reason=reason,
         )
+
+    def _close_transcript(self) -> None:
+        if self._transcript is not None:
+            self._transcript.close()
+            self._transcript = None
 
     def release(self) -> None:
         """Tell every connected client the (already persisted) outcome and end the streams."""

@@ -234,13 +234,16 @@ def test_build_record_refuses_a_running_round() -> None:
 
 
 def test_record_round_from_a_completed_server_session_appends_to_the_chain() -> None:
-    r = make_round(4, vector_length=3)
+    from .conftest import privacy_report
+
+    r = make_round(4, threshold=4, vector_length=3)
     r.advertise()
     for _ in range(4):
         r.step()
     assert r.server.stage is Stage.COMPLETED
     key, chain = IdentityKey.generate(), RecordChain()
-    record = record_round(r.server, chain, aggregator_key=key)
+    report = privacy_report(r.config.round_id, 0.5)
+    record = record_round(r.server, chain, aggregator_key=key, privacy_report=report)
     assert record.aggregate_digest == aggregate_digest(r.server.result.total, 32)
     assert verify_chain(chain.records, aggregator_key=key.public_key).ok
     with pytest.raises(AuditError, match="does not extend"):
