@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from secagg.accounting.report import SiteRecordLevelDP
+from secagg.audit.verify import releasable
 from secagg.errors import MalformedMessage, ReplayedMessage, RoundAborted, UnexpectedMessage
 from secagg.protocol import ACTIVE_STAGES, ClientMessage, ServerMessage, ServerSession, Stage
 from secagg.service.logs import log_event
@@ -567,6 +568,16 @@ class RoundCoordinator:
         if self._persisted:
             participants, dropouts = self._participation(Stage(stage))
             record = self.books.audit_record(self.session, None)
+            report, accountant = None, None
+            transcript = self.session.transcript()
+            if stage == Stage.UNMASK.value and releasable(
+                record, self.config, transcript.unmask_receipts
+            ):
+                # Enough shares arrived to rebuild the sum: count it as released, whatever
+                # happened next (the privacy ledger must never miss a release).
+                statements = {p: st for p, (st, _) in self._statements.items()}
+                report, accountant = self.books.privacy_report(self.session, statements)
+                record = self.books.audit_record(self.session, report)
             self.store.finish_round(
                 RoundOutcomeRecord(
                     round_id=self.round_id,
@@ -590,10 +601,10 @@ class RoundCoordinator:
                             "dropouts": dropouts,
                         },
                     ),
-                    *self.books.stored_records(None, record, None, {}),
+                    *self.books.stored_records(report, record, accountant, {}),
                 ],
             )
-            self.books.commit(record, None)
+            self.books.commit(record, accountant)
         log_event(
             self._log,
             "round_aborted",

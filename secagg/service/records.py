@@ -129,9 +129,11 @@ class RoundBooks:
         session: ServerSession,
         statements: Mapping[int, SiteRecordLevelDP],
     ) -> tuple[PrivacyReport, RdpAccountant | None]:
-        """The report of a completed round and the accountant after it (None without DP)."""
-        result = session.result
-        survivors = tuple(result.survivors)
+        """The report of a released round and the accountant after it (None without DP).
+
+        Released means the aggregator could rebuild the sum: a completed round, or one that
+        aborted at unmask after enough shares arrived (it is accounted all the same)."""
+        survivors = tuple(session.transcript().survivors)
         advertised = session.participants(Stage.ADVERTISE_KEYS)
         statement = None
         after: RdpAccountant | None = None
