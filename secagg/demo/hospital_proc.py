@@ -100,7 +100,9 @@ def _round(hospital: Any, client: Any, cmd: dict[str, Any]) -> dict[str, Any]:
     deadlines: dict[str, float] = {}
 
     def on_event(event: ChunkEvent) -> None:
-        if drop_at and event.stage == drop_at:
+        # Going silent means not acting on the aggregator's request at all (so the hospital's
+        # own ledger holds nothing it did not send).
+        if drop_at and event.stage == drop_at and event.phase == "request":
             # Stop answering: nothing more is sent until the aggregator's deadline has passed.
             time.sleep(deadlines.get(drop_at, 5.0) + 0.3)
             raise _Stalled

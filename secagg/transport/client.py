@@ -30,7 +30,14 @@ from secagg.errors import (
     ProtocolError,
     SecAggError,
 )
-from secagg.protocol import ClientSession, MaskedInput, SiteLedger, SitePolicy, Stage
+from secagg.protocol import (
+    ACTIVE_STAGES,
+    ClientSession,
+    MaskedInput,
+    SiteLedger,
+    SitePolicy,
+    Stage,
+)
 from secagg.protocol.client import check_offer
 from secagg.site import dp_offer
 from secagg.transport import words
@@ -56,13 +63,16 @@ ENCODE_BLOCK = 1 << 20
 
 @dataclass(frozen=True)
 class ChunkEvent:
-    """Progress: ``stage`` is about to be sent (``chunk`` is set for masked-input chunks)."""
+    """Progress: the message of ``stage`` is about to be sent (``chunk`` is set for masked-input
+    chunks), or, with ``phase == "request"``, the aggregator's request for it just arrived and
+    the site has not yet acted on it."""
 
     round_id: int
     party: int
     stage: str
     chunk: int | None = None
     chunks: int | None = None
+    phase: str = "send"
 
 
 EventHook = Callable[[ChunkEvent], None]
@@ -169,9 +179,15 @@ class OpenRound:
         except grpc.RpcError as exc:
             raise _raise_rpc(exc) from None
 
-    def _event(self, stage: str, chunk: int | None = None, chunks: int | None = None) -> None:
+    def _event(
+        self,
+        stage: str,
+        chunk: int | None = None,
+        chunks: int | None = None,
+        phase: str = "send",
+    ) -> None:
         if self._on_event is not None:
-            self._on_event(ChunkEvent(self.round_id, self.party, stage, chunk, chunks))
+            self._on_event(ChunkEvent(self.round_id, self.party, stage, chunk, chunks, phase))
 
     def cancel(self) -> None:
         if not self._closed:
@@ -284,8 +300,11 @@ class OpenRound:
                         # An alarm if the aggregator claims other survivors than the set signed.
                         session.check_outcome(outcome.survivors, bytes(outcome.result_digest))
                     return outcome
+                message = decode_server_frame(frame)
+                answers = ACTIVE_STAGES[ACTIVE_STAGES.index(type(message).stage) + 1]
+                self._event(answers.value, phase="request")
                 try:
-                    reply = session.receive(decode_server_frame(frame))
+                    reply = session.receive(message)
                 except (ProtocolError, CryptoError):
                     self.cancel()
                     raise
