@@ -122,6 +122,8 @@ class RoundCoordinator:
         self._log = logger
         self._cond = threading.Condition()
         self._streams: dict[int, Outbox] = {}
+        # The frame each party must answer next: re-sent to a party that resumes its stream.
+        self._last_frame: dict[int, pb.ServerFrame] = {}
         self._gone: set[int] = set()
         self._spools: dict[int, MaskedInputSpool] = {}
         self._party_of_key = {k.to_bytes(): p for p, k in params.config.roster.items()}
@@ -386,7 +388,13 @@ class RoundCoordinator:
                             self._closed_advertise = True
                     self._log_stage(stage, time.perf_counter() - started)
                     if stage is not Stage.UNMASK:
-                        self._dispatch(stage, outgoing)
+                        deadline = self.params.deadlines[stage]
+                        for party in sorted(set(self._streams) - set(outgoing)):
+                            self._drop_late(party, stage, deadline)
+                if stage is not Stage.UNMASK:
+                    # O(n) encoding and hand-off outside the round lock: the first replies of
+                    # the next stage are accepted while the last frames are still going out.
+                    self._dispatch(stage, outgoing)
             self._complete()
         except _NobodyJoined:
             with self._cond:
@@ -433,21 +441,35 @@ class RoundCoordinator:
                 self._cond.wait(min(wait, 0.5))
 
     def _dispatch(self, stage: Stage, outgoing: dict[int, ServerMessage]) -> None:
-        deadline = self.params.deadlines[stage]
-        for party in sorted(set(self._streams) - set(outgoing)):
-            self._drop_late(party, stage, deadline)
+        """Encode and hand each party its next frame (without the lock), then open the stage:
+        its clock starts once every frame is on its way."""
+        started = time.monotonic()
         frames: dict[int, pb.ServerFrame] = {}
         for party, message in outgoing.items():
-            outbox = self._streams.get(party)
-            if outbox is None:
-                continue
             frame = frames.get(id(message))
             if frame is None:
                 frame = frames[id(message)] = encode_server_message(message)
-            outbox.send(frame)
+            self._last_frame[party] = frame
+            outbox = self._streams.get(party)
+            if outbox is not None:
+                outbox.send(frame)
         next_stage = ACTIVE_STAGES[ACTIVE_STAGES.index(stage) + 1]
-        self._stage_opened = time.monotonic()
-        self._stage_deadline = self._stage_opened + self.params.deadlines[next_stage]
+        with self._cond:
+            self._stage_opened = time.monotonic()
+            deadline = self.params.deadlines[next_stage]
+            self._stage_deadline = self._stage_opened + deadline
+            self._cond.notify_all()
+        handoff = self._stage_opened - started
+        log_event(
+            self._log,
+            "stage_opened",
+            logging.WARNING if handoff > 0.1 * deadline else logging.INFO,
+            round=self.round_id,
+            stage=next_stage.value,
+            parties=len(outgoing),
+            handoff_s=round(handoff, 3),
+            deadline_s=deadline,
+        )
 
     def _drop_late(self, party: int, stage: Stage, deadline: float) -> None:
         outbox = self._streams.pop(party)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -90,6 +91,8 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_WORDS = 1 << 18  # 1 MiB of uint32 per chunk: far below gRPC's 4 MiB default limit
+IN_MEMORY_SPOOL_BYTES = 1 << 20
+"""Masked inputs up to this size are received in memory, larger ones into a spool file."""
 _JOIN_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "join")
 _HELLO_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "hello")
 _REQUEST_CONTEXT = lp_encode(PROTOCOL_VERSION, "transport", "request")
@@ -691,10 +694,17 @@ class MaskedInputSpool:
         self.chunk_count = expected_count
         self.next_index = 0
         self.bytes_received = 0
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = _mkstemp(spool_dir, f"round-{self.round_id}-party-{party}-")
-        self.path = pathlib.Path(name)
-        self._file = os.fdopen(fd, "wb", buffering=0)
+        # Small uploads stay in memory: a file (and a descriptor) per upload only where a vector
+        # is large, so a round of many sites needs one descriptor per site, not two.
+        self.path: pathlib.Path | None = None
+        self._file: Any
+        if 4 * self.length <= IN_MEMORY_SPOOL_BYTES:
+            self._file = io.BytesIO()
+        else:
+            spool_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = _mkstemp(spool_dir, f"round-{self.round_id}-party-{party}-")
+            self.path = pathlib.Path(name)
+            self._file = os.fdopen(fd, "wb", buffering=0)
 
     @property
     def complete(self) -> bool:
@@ -732,17 +742,22 @@ class MaskedInputSpool:
             raise MalformedMessage(
                 f"the masked input ended after {self.next_index} of {self.chunk_count} chunks"
             )
-        self._file.close()
-        vector = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.length,))
+        if self.path is None:
+            vector = np.frombuffer(self._file.getbuffer(), dtype="<u4").view(np.uint32)
+            vector.flags.writeable = False
+        else:
+            self._file.close()
+            vector = np.memmap(self.path, dtype=np.uint32, mode="r", shape=(self.length,))
         return MaskedInput(
             self.round_id, self.party, self.session_id, vector, self.signature, self.complaints
         )
 
     def discard(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, BufferError):
             self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 def _mkstemp(directory: pathlib.Path, prefix: str) -> tuple[int, str]:
