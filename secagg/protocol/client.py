@@ -783,7 +783,8 @@ class ClientSession:
 
         In the full graph that is Bonawitz et al.'s check; in a sparse graph the neighbourhood is
         where this client's shares live. Verification stops after t valid signatures, but any
-        invalid signature met on the way aborts: an honest server only forwards valid ones.
+        invalid signature met on the way aborts as malicious: an honest server only forwards
+        valid ones. Too few valid ones abort the round (RoundAborted) without blaming the server.
         """
         cfg = self.config
         index = cfg.roster_index
@@ -806,9 +807,12 @@ class ClientSession:
             valid += 1
             if valid == cfg.threshold:
                 return
-        raise MaliciousServerError(
+        # Not an accusation: an honest server under dropouts can have too few. Either way this
+        # client reveals nothing.
+        raise RoundAborted(
+            Stage.CONSISTENCY_CHECK.value,
             f"only {valid} valid consistency signatures from this client's neighbourhood, "
-            f"threshold is {cfg.threshold}"
+            f"threshold is {cfg.threshold}",
         )
 
     def _reveals_own_seed_share(self) -> bool:

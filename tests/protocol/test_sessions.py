@@ -259,7 +259,7 @@ def test_unmask_request_with_too_few_consistency_signatures_is_refused():
     outbox = _advance_to_unmask_request(r)
     req: UnmaskRequest = outbox[1]
     few = dataclasses.replace(req, consistency_signatures=req.consistency_signatures[:2])
-    with pytest.raises(MaliciousServerError, match="valid consistency signatures"):
+    with pytest.raises(RoundAborted, match="valid consistency signatures"):
         r.clients[1].receive(few)
 
 
