@@ -208,7 +208,7 @@ class GrpcRunner:
             f"data_dir = {json.dumps(os.path.relpath(self.data_dir, self.dir))}",
             'aggregator_key = "aggregator.key"',
             "rounds = 1000000",
-            f"auditors = [\"{self.auditor_key.public_key.to_bytes().hex()}\"]",
+            f'auditors = ["{self.auditor_key.public_key.to_bytes().hex()}"]',
             f"vector_length = {dp.padded_dimension}",
             'context = "secagg demo"',
             f"[encoding]\nclip = 1.0\nbits = {dp.bits}",

@@ -10,9 +10,11 @@ done with ``exit_after_rounds``). On SIGTERM/SIGINT it opens no new round; a rou
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -24,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from secagg.errors import ConfigError
 from secagg.service.config import ServiceConfig
 from secagg.service.coordinator import RoundCoordinator, clean_spool_dir
 from secagg.service.logs import log_event
@@ -32,7 +35,7 @@ from secagg.service.transcript import transcript_dir
 from secagg.store import RoundStore, StoredRound
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
-from secagg.transport.codec import RoundParameters
+from secagg.transport.codec import IN_MEMORY_SPOOL_BYTES, RoundParameters
 from secagg.transport.errors import NotJoinable, ShuttingDown, UnknownIdentity
 from secagg.transport.servicer import MAX_STREAMS_PER_IDENTITY, AggregatorServicer
 from secagg.transport.tls import server_credentials
@@ -66,6 +69,10 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return False
 
 
+FD_MARGIN = 64
+"""Descriptors beyond the round's: databases, logs, transcripts, gRPC's own."""
+
+
 class Aggregator:
     def __init__(self, config: ServiceConfig, logger: logging.Logger | None = None) -> None:
         self.config = config
@@ -84,6 +91,9 @@ class Aggregator:
         interrupted = self.store.mark_interrupted(INTERRUPTED_REASON)
         if interrupted:
             log_event(self.log, "rounds_marked_aborted", logging.WARNING, rounds=interrupted)
+        orphans = self.store.remove_orphan_results()
+        if orphans:
+            log_event(self.log, "orphan_results_removed", logging.WARNING, files=orphans)
         self._cond = threading.Condition()
         self._current: RoundCoordinator | None = None
         self._no_more_rounds = False
@@ -173,8 +183,43 @@ class Aggregator:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def descriptors_needed(self) -> int:
+        """File descriptors a round of the whole roster may hold at once: two streams per site,
+        a spool file per large upload, the outsiders' and unary share, and a fixed margin."""
+        cfg = self.config
+        n = len(cfg.roster)
+        spools = n if 4 * cfg.vector_length > IN_MEMORY_SPOOL_BYTES else 0
+        return (
+            MAX_STREAMS_PER_IDENTITY * n
+            + spools
+            + cfg.max_unauthenticated_streams
+            + cfg.max_unary_calls
+            + FD_MARGIN
+        )
+
+    def check_resources(self) -> None:
+        """Raise the soft file-descriptor limit to what the roster needs, or refuse to start:
+        running out mid-round would look, to the sites, like a misbehaving aggregator."""
+        need = self.descriptors_needed()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= need:
+            return
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft < need:
+            raise ConfigError(
+                f"this roster of {len(self.config.roster)} sites needs about {need} open files "
+                f"(sockets and upload spools), the limit is {soft} (hard {hard}): raise it "
+                f"(ulimit -n {need}, or LimitNOFILE={need} in a systemd unit) or lower "
+                "[service] max_unauthenticated_streams"
+            )
+        log_event(self.log, "fd_limit_raised", soft=soft, needed=need)
+
     def start(self) -> int:
         cfg = self.config
+        self.check_resources()
         # One worker per site's stream, the outsiders' capped share, the unary calls, and slack:
         # silent unauthenticated streams can never take the sites' workers.
         workers = (

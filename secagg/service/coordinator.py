@@ -21,6 +21,7 @@ import logging
 import os
 import pathlib
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from secagg.transport.codec import (
 from secagg.transport.errors import (
     AlreadyConnected,
     DeadlineMissed,
+    LocalFailure,
     NotJoinable,
     UnknownIdentity,
 )
@@ -55,6 +57,9 @@ from secagg.transport.errors import (
 __all__ = ["END", "SHUTDOWN_REASON", "Outbox", "RoundCoordinator", "Terminate"]
 
 SHUTDOWN_REASON = "aggregator shutting down"
+STORAGE_FAILURES = (OSError, sqlite3.Error)
+"""What a full, read-only or failing disk raises: the aggregator's own failure, never a site's."""
+STORAGE_RETRY_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,10 +205,16 @@ class RoundCoordinator:
                     "cannot rejoin it"
                 )
             if not self._persisted:
-                self.store.start_round(self.round_id, self.config.digest, self._config_json())
+                try:
+                    self.store.start_round(self.round_id, self.config.digest, self._config_json())
+                except STORAGE_FAILURES as exc:
+                    self._storage_failed("start_round", exc)
+                    raise LocalFailure(
+                        f"the aggregator cannot start round {self.round_id}: its storage failed "
+                        f"({exc}); try again later"
+                    ) from None
                 self._persisted = True
-                if self._transcript_dir is not None:
-                    self._transcript = TranscriptWriter(self._transcript_dir, self.params)
+                self._open_transcript()
                 self._stage_opened = time.monotonic()
                 self._stage_deadline = (
                     self._stage_opened + self.params.deadlines[Stage.ADVERTISE_KEYS]
@@ -241,8 +252,7 @@ class RoundCoordinator:
             stage = self.session.stage
             start = time.perf_counter()
             self.session.receive(message)
-            if self._transcript is not None:
-                self._transcript.add(message, masked_file)
+            self._transcribe(message, masked_file)
             self._cond.notify_all()
         log_event(
             self._log,
@@ -395,7 +405,15 @@ class RoundCoordinator:
                     # O(n) encoding and hand-off outside the round lock: the first replies of
                     # the next stage are accepted while the last frames are still going out.
                     self._dispatch(stage, outgoing)
-            self._complete()
+            try:
+                self._complete()
+            except STORAGE_FAILURES as exc:
+                # The sum exists but cannot be committed: nobody may receive it. The abort is
+                # accounted as a release (the aggregator saw the sum) once the disk takes it.
+                self._storage_failed("complete", exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.store.results_dir / f"round-{self.round_id:010d}.u32")
+                self._record_abort(Stage.UNMASK.value, f"storage failure at the aggregator ({exc})")
         except _NobodyJoined:
             with self._cond:
                 self._finished = True
@@ -600,7 +618,8 @@ class RoundCoordinator:
                 statements = {p: st for p, (st, _) in self._statements.items()}
                 report, accountant = self.books.privacy_report(self.session, statements)
                 record = self.books.audit_record(self.session, report)
-            self.store.finish_round(
+            self._persist_with_retry(
+                self.store.finish_round,
                 RoundOutcomeRecord(
                     round_id=self.round_id,
                     status="aborted",
@@ -642,9 +661,61 @@ class RoundCoordinator:
             abort_reason=reason,
         )
 
+    # --- storage ----------------------------------------------------------------------------
+
+    def _storage_failed(self, operation: str, exc: BaseException) -> None:
+        log_event(
+            self._log,
+            "storage_failed",
+            logging.ERROR,
+            round=self.round_id,
+            operation=operation,
+            error=type(exc).__name__,
+            reason=str(exc),
+        )
+
+    def _persist_with_retry(self, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Commit an abort, retrying while the disk fails: an outcome (and a release it may
+        account for) is never dropped; only a shutdown past its grace gives up, and then the
+        round stays 'running' and is marked interrupted at the next start."""
+        while True:
+            try:
+                write(*args, **kwargs)
+                return
+            except STORAGE_FAILURES as exc:
+                self._storage_failed("record_abort", exc)
+                shutdown = self._shutdown_deadline()
+                if shutdown is not None and time.monotonic() >= shutdown:
+                    raise
+                time.sleep(STORAGE_RETRY_S)
+
+    def _open_transcript(self) -> None:
+        if self._transcript_dir is None:
+            return
+        try:
+            self._transcript = TranscriptWriter(self._transcript_dir, self.params)
+        except STORAGE_FAILURES as exc:
+            self._storage_failed("transcript", exc)
+
+    def _transcribe(self, message: ClientMessage, masked_file: pathlib.Path | None) -> None:
+        """Keep the replay transcript; if the disk refuses it, drop the transcript (replay is
+        an audit aid, the round and its signed record do not depend on it)."""
+        if self._transcript is None:
+            return
+        try:
+            self._transcript.add(message, masked_file)
+        except STORAGE_FAILURES as exc:
+            self._storage_failed("transcript", exc)
+            self._transcript.abandon()
+            self._transcript = None
+
     def _close_transcript(self) -> None:
         if self._transcript is not None:
-            self._transcript.close()
+            try:
+                self._transcript.close()
+            except STORAGE_FAILURES as exc:
+                self._storage_failed("transcript", exc)
+                self._transcript.abandon()
             self._transcript = None
 
     def release(self) -> None:

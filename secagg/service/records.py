@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from secagg.accounting.report import (
     SiteRecordLevelDP,
 )
 from secagg.audit import AuditLedger, RoundRecord, build_record
+from secagg.audit.record import GENESIS_HASH
 from secagg.crypto import IdentityKey
 from secagg.dp.distributed import (
     DistributedDPConfig,
@@ -47,6 +49,7 @@ from secagg.dp.distributed import (
 from secagg.protocol import ServerSession, Stage
 from secagg.service.logs import log_event
 from secagg.store import RoundStore
+from secagg.store.faults import inject
 
 __all__ = [
     "ACCOUNTANT_KIND",
@@ -107,9 +110,10 @@ class RoundBooks:
 
     # --- restart ---------------------------------------------------------------------------
 
-    def recover(self) -> int:
-        """Append to the ledger every stored audit record it lacks (a crash between the store's
-        commit and the ledger's); return how many."""
+    def recover(self, expected: int = 0) -> int:
+        """Append to the ledger every stored audit record it lacks (a crash, or a disk error,
+        between the store's commit and the ledger's); return how many. ``expected`` of them
+        are the round just committed, not a recovery."""
         sequence, _ = self.ledger.next_link()
         appended = 0
         for stored in self.store.records_of_kind(AUDIT_KIND):
@@ -118,8 +122,10 @@ class RoundBooks:
                 self.ledger.append(record)
                 sequence += 1
                 appended += 1
-        if appended:
-            log_event(self._log, "audit_records_recovered", logging.WARNING, records=appended)
+        if appended > expected:
+            log_event(
+                self._log, "audit_records_recovered", logging.WARNING, records=appended - expected
+            )
         return appended
 
     # --- one round -------------------------------------------------------------------------
@@ -158,8 +164,14 @@ class RoundBooks:
         return report, after
 
     def audit_record(self, session: ServerSession, report: PrivacyReport | None) -> RoundRecord:
-        """The signed record of a finished round, placed after the ledger's last record."""
-        sequence, prev = self.ledger.next_link()
+        """The signed record of a finished round, placed after the store's last record (the
+        store is the authority: the ledger file may be behind after a disk error)."""
+        latest = self.store.latest_record(AUDIT_KIND)
+        if latest is None:
+            sequence, prev = 0, GENESIS_HASH
+        else:
+            last = RoundRecord.from_json(latest.record_json)
+            sequence, prev = last.sequence + 1, last.record_hash()
         return build_record(
             session,
             aggregator_key=self._key,
@@ -189,11 +201,26 @@ class RoundBooks:
         return rows
 
     def commit(self, record: RoundRecord, accountant: RdpAccountant | None) -> None:
-        """After the store committed the round: append the record, adopt the new accountant."""
-        self.ledger.append(record)
+        """After the store committed the round: append its record (and any the ledger missed),
+        adopt the new accountant.
+
+        A ledger that cannot be written right now is caught up from the store at the next
+        commit or start; the round's outcome is already durable in the store."""
         if accountant is not None:
             with self._lock:
                 self.accountant = accountant
+        try:
+            inject("ledger_append", record.round_id)
+            self.recover(expected=1)
+        except (OSError, sqlite3.Error) as exc:
+            log_event(
+                self._log,
+                "audit_ledger_behind",
+                logging.ERROR,
+                round=record.round_id,
+                error=str(exc),
+            )
+            return
         log_event(
             self._log,
             "audit_record_appended",

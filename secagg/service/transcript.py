@@ -21,6 +21,7 @@ aggregator learnt, the sum, and no more.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from secagg.protocol import (
     MaskedInput,
     ServerSession,
 )
+from secagg.store.faults import inject
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
 from secagg.transport.codec import (
     RoundParameters,
@@ -69,6 +71,7 @@ class TranscriptWriter:
 
     def add(self, message: ClientMessage, masked_file: Path | None = None) -> None:
         """Record an accepted message; a masked input's words move from ``masked_file``."""
+        inject("transcript", message.round_id)
         if isinstance(message, MaskedInput):
             header, _, _ = masked_input_frames(message, chunk_words=8, fmt=1, bits=32)
             target = self.directory / f"masked-{message.sender}.u32"
@@ -84,6 +87,12 @@ class TranscriptWriter:
         self._messages.flush()
         os.fsync(self._messages.fileno())
         self._messages.close()
+
+    def abandon(self) -> None:
+        """Delete an incomplete transcript: a partial one would not replay to the record."""
+        with contextlib.suppress(OSError):
+            self._messages.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def read_transcript(directory: Path) -> tuple[RoundParameters, Iterator[ClientMessage]]:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from secagg.store.faults import inject
+
 __all__ = [
     "RoundOutcomeRecord",
     "RoundStore",
@@ -194,7 +196,24 @@ class RoundStore:
                 )
         return ids
 
+    def remove_orphan_results(self) -> list[str]:
+        """Delete result files no completed round names: half-written ``.tmp`` files and the
+        aggregates of rounds whose outcome could not be committed (they were aborted)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT result_file FROM rounds WHERE status = 'completed'"
+            ).fetchall()
+        kept = {r[0] for r in rows}
+        removed = []
+        for path in self.results_dir.iterdir():
+            if path.name not in kept:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path.name)
+        return sorted(removed)
+
     def start_round(self, round_id: int, config_digest: bytes, config: Mapping[str, Any]) -> None:
+        inject("start_round", round_id)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO rounds (round_id, status, config_digest, config_json, started_at_ms) "
@@ -204,6 +223,7 @@ class RoundStore:
 
     def write_result(self, round_id: int, total: npt.NDArray[np.uint32]) -> tuple[str, bytes]:
         """Write and fsync the aggregate file; return (file name, BLAKE2b-256 digest)."""
+        inject("write_result", round_id)
         name = f"round-{round_id:010d}.u32"
         final = self.results_dir / name
         tmp = self.results_dir / f".{name}.tmp"
@@ -228,6 +248,7 @@ class RoundStore:
         records: Sequence[tuple[str, Mapping[str, Any]]] = (),
     ) -> None:
         """Persist a round's outcome, participation and records in one fsync'd transaction."""
+        inject("finish_round", outcome.round_id)
         if outcome.status not in ("completed", "aborted"):
             raise ValueError(f"a finished round is completed or aborted, not {outcome.status}")
         if (outcome.status == "completed") != (result is not None):

@@ -34,6 +34,7 @@ __all__ = [
     "AlreadyConnected",
     "DeadlineMissed",
     "LimitExceeded",
+    "LocalFailure",
     "NotFound",
     "NotJoinable",
     "ShuttingDown",
@@ -76,6 +77,10 @@ class ShuttingDown(TransportError):
     """The aggregator is shutting down."""
 
 
+class LocalFailure(TransportError):
+    """The aggregator itself failed (disk full, out of file descriptors): not the site's fault."""
+
+
 class AggregatorError(SecAggError):
     """A client-side view of a gRPC status the aggregator answered with."""
 
@@ -95,6 +100,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UnknownIdentity, grpc.StatusCode.PERMISSION_DENIED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (LocalFailure, grpc.StatusCode.UNAVAILABLE),
     # protocol core (secagg.errors)
     (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT),
     (UnexpectedMessage, grpc.StatusCode.FAILED_PRECONDITION),

@@ -9,6 +9,7 @@ then out of the round (a dropout), and the round goes on for everybody else.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from secagg.transport.codec import (
 from secagg.transport.errors import (
     DeadlineMissed,
     LimitExceeded,
+    LocalFailure,
     NotFound,
     NotJoinable,
     UnknownIdentity,
@@ -137,7 +139,23 @@ class _Stream:
             self._half_closed()
         except SecAggError as exc:
             self.reject(exc)
-        except Exception as exc:  # the RPC ended under us (cancelled, disconnected, spool gone)
+        except OSError as exc:  # the aggregator's own failure (a full disk, EMFILE): say so
+            log_event(
+                self.log,
+                "stream_error",
+                logging.ERROR,
+                party=self.party,
+                error=type(exc).__name__,
+                errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+                reason=exc.strerror,
+            )
+            self.reject(
+                LocalFailure(
+                    f"the aggregator failed locally ({exc.strerror or type(exc).__name__}); "
+                    "this is not the site's fault"
+                )
+            )
+        except Exception as exc:  # the RPC ended under us (cancelled, disconnected)
             if not self.outbox.closed and not isinstance(exc, grpc.RpcError):
                 log_event(
                     self.log,
