@@ -99,6 +99,7 @@ class Aggregator:
         self._no_more_rounds = False
         self._shutdown_at: float | None = None
         self._stopped = threading.Event()
+        self._downloads: dict[int, set[bytes]] = {}
         self._verified: set[int] = set()
         self._verify_lock = threading.Lock()
         self._roster_keys = {k.to_bytes() for k in config.roster.values()}
@@ -174,7 +175,30 @@ class Aggregator:
                     grace_s=self.config.shutdown_grace,
                 )
             self._cond.notify_all()
+        # Load balancers stop sending new sites at once; running calls carry on.
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._stopped.set()
+
+    def result_served(self, round_id: int, key: bytes) -> None:
+        """A site downloaded a round's whole result (the shutdown drain waits for these)."""
+        with self._cond:
+            self._downloads.setdefault(round_id, set()).add(key)
+            self._cond.notify_all()
+
+    def _drain_downloads(self, round_id: int, survivors: set[bytes]) -> None:
+        """A round that completed during a shutdown: keep the listener open until each survivor
+        has fetched the result, for at most another grace period."""
+        deadline = time.monotonic() + self.config.shutdown_grace
+        with self._cond:
+            while not survivors <= self._downloads.get(round_id, set()):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    missing = len(survivors - self._downloads.get(round_id, set()))
+                    log_event(self.log, "shutdown_drain_timeout", round=round_id, missing=missing)
+                    return
+                self._cond.wait(min(remaining, 0.5))
+        log_event(self.log, "shutdown_drained", round=round_id, sites=len(survivors))
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
@@ -210,7 +234,7 @@ class Aggregator:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft < need:
             raise ConfigError(
-                f"this roster of {len(self.config.roster)} sites needs about {need} open files "
+                f"this roster of {len(self.config.roster)} sites needs about {need} open file descriptors "
                 f"(sockets and upload spools), the limit is {soft} (hard {hard}): raise it "
                 f"(ulimit -n {need}, or LimitNOFILE={need} in a systemd unit) or lower "
                 "[service] max_unauthenticated_streams"
@@ -297,23 +321,35 @@ class Aggregator:
             started = coordinator.run()
             done += int(started)
             nxt = None
-            if started and done < cfg.rounds and self._shutdown_at is None:
-                nxt = self._new_round()  # open before any client hears this round's outcome
+            if self._shutdown_at is None and (
+                (started and done < cfg.rounds) or coordinator.start_failed
+            ):
+                # Open before any client hears this round's outcome; a burned id is skipped.
+                nxt = self._new_round(after=coordinator.round_id)
             with self._cond:
                 self._current = nxt
                 self._no_more_rounds = nxt is None
                 self._cond.notify_all()
-            coordinator.release()
+            coordinator.release()  # the sites hear the outcome
+            outcome = coordinator.outcome
+            if (
+                self._shutdown_at is not None
+                and outcome is not None
+                and outcome.status == pb.ROUND_STATUS_COMPLETED
+            ):
+                roster = coordinator.params.config.roster
+                survivors = {roster[p].to_bytes() for p in outcome.survivors}
+                self._drain_downloads(coordinator.round_id, survivors)
             coordinator = nxt
         with self._cond:
             self._no_more_rounds = True
             self._cond.notify_all()
         log_event(self.log, "rounds_done", rounds=done)
 
-    def _new_round(self) -> RoundCoordinator:
+    def _new_round(self, after: int = 0) -> RoundCoordinator:
         cfg = self.config
         params = RoundParameters.create(
-            round_id=self.store.next_round_id(),
+            round_id=max(self.store.next_round_id(), after + 1),
             roster=cfg.roster,
             threshold=cfg.threshold,
             vector_length=cfg.vector_length,

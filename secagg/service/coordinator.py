@@ -135,6 +135,8 @@ class RoundCoordinator:
         self._persisted = False
         self._closed_advertise = False
         self._finished = False
+        self.start_failed = False
+        """Storage refused this round's start: its id is burned (see ``_persist_start``)."""
         self._stage_deadline: float | None = None
         self._stage_opened = time.monotonic()
         self._config_proto = params.to_proto()
@@ -204,26 +206,34 @@ class RoundCoordinator:
                     f"party {party} already advertised keys in round {self.round_id} and "
                     "cannot rejoin it"
                 )
-            if not self._persisted:
-                try:
-                    self.store.start_round(self.round_id, self.config.digest, self._config_json())
-                except STORAGE_FAILURES as exc:
-                    self._storage_failed("start_round", exc)
-                    raise LocalFailure(
-                        f"the aggregator cannot start round {self.round_id}: its storage failed "
-                        f"({exc}); try again later"
-                    ) from None
-                self._persisted = True
-                self._open_transcript()
-                self._stage_opened = time.monotonic()
-                self._stage_deadline = (
-                    self._stage_opened + self.params.deadlines[Stage.ADVERTISE_KEYS]
-                )
-                log_event(self._log, "round_started", round=self.round_id, first_party=party)
+            self._persist_start(party)
             self._gone.discard(party)
             self._streams[party] = outbox
             self._cond.notify_all()
         log_event(self._log, "client_joined", round=self.round_id, party=party)
+
+    def _persist_start(self, party: int) -> None:
+        """Record the round as running (once, under the round lock) and start its clock."""
+        if self._persisted:
+            return
+        try:
+            self.store.start_round(self.round_id, self.config.digest, self._config_json())
+        except STORAGE_FAILURES as exc:
+            # The joining site has already accepted this round id in its own ledger and will
+            # refuse it again: the id is burned, the aggregator opens the next one.
+            self._storage_failed("start_round", exc)
+            self.start_failed = True
+            self._finished = True
+            self._cond.notify_all()
+            raise LocalFailure(
+                f"the aggregator cannot start round {self.round_id}: its storage failed "
+                f"({exc}); try again later"
+            ) from None
+        self._persisted = True
+        self._open_transcript()
+        self._stage_opened = time.monotonic()
+        self._stage_deadline = self._stage_opened + self.params.deadlines[Stage.ADVERTISE_KEYS]
+        log_event(self._log, "round_started", round=self.round_id, first_party=party)
 
     def refused(self, party: int) -> None:
         """The site refused this round: the first stage need not wait for it."""
@@ -440,7 +450,7 @@ class RoundCoordinator:
                 now = time.monotonic()
                 shutdown = self._shutdown_deadline()
                 if stage is Stage.ADVERTISE_KEYS and not self._persisted:
-                    if shutdown is not None:
+                    if shutdown is not None or self.start_failed:
                         raise _NobodyJoined
                     self._cond.wait(0.5)
                     continue

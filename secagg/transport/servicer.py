@@ -479,12 +479,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 self.log,
                 "result_unavailable",
                 logging.ERROR,
-                round=stored.round_id,
+                round=request.round_id,
                 error=type(exc).__name__,
             )
             context.abort(
                 grpc.StatusCode.DATA_LOSS,
-                f"the result of round {stored.round_id} is missing or damaged on the aggregator",
+                f"the result of round {request.round_id} is missing or damaged on the aggregator",
             )
         length = int(stored.config["vector_length"])
         enc = stored.config["encoding"]
@@ -506,6 +506,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             yield pb.ResultChunk(offset=offset, data=block)
             offset += len(block) // 4
             del block
+        self.aggregator.result_served(stored.round_id, key)
         log_event(self.log, "result_served", round=stored.round_id, words=offset)
 
     def GetRoundRecord(  # noqa: N802

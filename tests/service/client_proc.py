@@ -74,6 +74,10 @@ def main() -> int:
             report.update(status="refused", parameter=exc.parameter, reason=str(exc))
             print(json.dumps(report), flush=True)
             return 0
+        except AggregatorError as exc:
+            report.update(status="rejected", code=exc.code.name, reason=exc.details)
+            print(json.dumps(report), flush=True)
+            return 0
         values, rounding_seed = make_input(args.seed, handle.info.vector_length)
         report["party"] = handle.info.party
         report["round_id"] = handle.info.round_id

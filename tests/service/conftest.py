@@ -59,6 +59,7 @@ def write_config(
     sections: str = "",
     names: dict[int, str] | None = None,
     site_policy: str = RELAXED_POLICY,
+    shutdown_grace: float = 1.0,
 ) -> pathlib.Path:
     """The aggregator's config, and beside each key ``siteN.toml``: that site's own policy,
     pinned to this roster (``site_policy`` lines added to its [policy] section)."""
@@ -76,7 +77,7 @@ def write_config(
         extra,
         "[encoding]\nclip = 1.0\nbits = 32",
         f"[protocol]\nthreshold = {threshold}",
-        "[service]\nshutdown_grace = 1.0\nhandshake_timeout = 20\njoin_wait = 5",
+        f"[service]\nshutdown_grace = {shutdown_grace}\nhandshake_timeout = 20\njoin_wait = 5",
         "[deadlines]",
     ]
     for stage, seconds in (deadlines or FAST_DEADLINES).items():
@@ -112,7 +113,14 @@ def site_client(target: str, key: pathlib.Path, **kwargs: Any) -> Any:
 
 
 class ServerProcess:
-    def __init__(self, config: pathlib.Path, log: pathlib.Path, *args: str) -> None:
+    def __init__(
+        self,
+        config: pathlib.Path,
+        log: pathlib.Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env`` adds variables to the server's environment (e.g. ``SECAGG_STORAGE_FAULTS``)."""
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -120,6 +128,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=self._log,
             cwd=ROOT,
+            env={**os.environ, **(env or {})},
         )
         self.port = self._wait_port()
         self.target = f"127.0.0.1:{self.port}"

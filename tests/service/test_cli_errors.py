@@ -50,7 +50,7 @@ def client(
 ) -> subprocess.CompletedProcess[str]:
     """The example client, with ``--site`` (written if missing: an unpinned, relaxed policy)."""
     if site == "site.toml" and not (cwd / site).exists():
-        (cwd / site).write_text('[policy]\nunpinned = true\nmin_parties = 2\n')
+        (cwd / site).write_text("[policy]\nunpinned = true\nmin_parties = 2\n")
     return run([PY, str(EXAMPLE_CLIENT), "--site", site, *args], cwd)
 
 
@@ -204,9 +204,7 @@ def test_client_errors_against_a_live_aggregator(tmp_path: pathlib.Path) -> None
             EXIT_CONFIG,
             "vector of 8 values",
         )
-        one_line(
-            client(*args, "--update", "nan.npy", cwd=tmp_path, site=site), EXIT_CONFIG, "NaN"
-        )
+        one_line(client(*args, "--update", "nan.npy", cwd=tmp_path, site=site), EXIT_CONFIG, "NaN")
         # Alone in a round that needs 2: the round aborts and the client says so (exit 1).
         one_line(client(*args, cwd=tmp_path, site=site), EXIT_FAILED, "aborted")
         # A site whose own (strict) policy refuses the round: one line, exit 1, nothing sent.
