@@ -234,8 +234,8 @@ class Aggregator:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft < need:
             raise ConfigError(
-                f"this roster of {len(self.config.roster)} sites needs about {need} open file descriptors "
-                f"(sockets and upload spools), the limit is {soft} (hard {hard}): raise it "
+                f"this roster of {len(self.config.roster)} sites needs about {need} open file "
+                f"descriptors (sockets and upload spools), the limit is {soft} (hard {hard}): raise it "
                 f"(ulimit -n {need}, or LimitNOFILE={need} in a systemd unit) or lower "
                 "[service] max_unauthenticated_streams"
             )
