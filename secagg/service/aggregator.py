@@ -235,7 +235,8 @@ class Aggregator:
         if soft < need:
             raise ConfigError(
                 f"this roster of {len(self.config.roster)} sites needs about {need} open file "
-                f"descriptors (sockets and upload spools), the limit is {soft} (hard {hard}): raise it "
+                f"descriptors (sockets and upload spools), the limit is {soft} (hard {hard}): "
+                "raise it "
                 f"(ulimit -n {need}, or LimitNOFILE={need} in a systemd unit) or lower "
                 "[service] max_unauthenticated_streams"
             )
