@@ -34,10 +34,13 @@ from secagg.service.records import RoundBooks
 from secagg.service.transcript import transcript_dir
 from secagg.store import RoundStore, StoredRound
 from secagg.transport._gen.secagg.v1 import aggregator_pb2 as pb
-from secagg.transport._gen.secagg.v1 import aggregator_pb2_grpc as pb_grpc
 from secagg.transport.codec import IN_MEMORY_SPOOL_BYTES, RoundParameters
 from secagg.transport.errors import NotJoinable, ShuttingDown, UnknownIdentity
-from secagg.transport.servicer import MAX_STREAMS_PER_IDENTITY, AggregatorServicer
+from secagg.transport.servicer import (
+    MAX_STREAMS_PER_IDENTITY,
+    AggregatorServicer,
+    add_servicer_to_server,
+)
 from secagg.transport.tls import server_credentials
 
 __all__ = ["SERVICE_NAME", "Aggregator"]
@@ -272,7 +275,7 @@ class Aggregator:
             options=options,
             maximum_concurrent_rpcs=workers,
         )
-        pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(self), server)
+        add_servicer_to_server(AggregatorServicer(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from secagg.crypto import IdentityPublicKey, lp_encode
 from secagg.errors import MalformedMessage, SecAggError, UnexpectedMessage
@@ -48,7 +49,7 @@ from secagg.transport.errors import (
 if TYPE_CHECKING:
     from secagg.service.aggregator import Aggregator
 
-__all__ = ["AggregatorServicer"]
+__all__ = ["AggregatorServicer", "add_servicer_to_server"]
 
 REQUEST_WINDOW_MS = 300_000
 """Signed unary requests must be issued within this many ms of the aggregator's clock."""
@@ -65,6 +66,61 @@ DOWNLOAD_SLOTS = 4
 # Authenticated Participate streams one identity may hold at once (one round, one spare while a
 # dead connection is being noticed).
 MAX_STREAMS_PER_IDENTITY = 2
+
+
+class Undecodable:
+    """A request that reached the server but is not a valid protobuf message: it is answered
+    INVALID_ARGUMENT, with a log line, instead of gRPC's own ``INTERNAL "Exception
+    deserializing request!"``."""
+
+    __slots__ = ("error", "kind")
+
+    def __init__(self, kind: str, error: str) -> None:
+        self.kind = kind
+        self.error = error
+
+    def refusal(self) -> MalformedMessage:
+        return MalformedMessage(f"undecodable {self.kind}: {self.error or 'bad protobuf'}")
+
+
+def _parser(message: Any) -> Any:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(message.DESCRIPTOR.name, str(exc))
+
+    return parse
+
+
+def add_servicer_to_server(servicer: AggregatorServicer, server: grpc.Server) -> None:
+    """The generated ``add_AggregatorServicer_to_server``, with parsers that hand an
+    undecodable request to the servicer as :class:`Undecodable`."""
+    handlers = {
+        "Participate": grpc.stream_stream_rpc_method_handler(
+            servicer.Participate,
+            request_deserializer=_parser(pb.ClientFrame),
+            response_serializer=pb.ServerFrame.SerializeToString,
+        ),
+        "GetResult": grpc.unary_stream_rpc_method_handler(
+            servicer.GetResult,
+            request_deserializer=_parser(pb.GetResultRequest),
+            response_serializer=pb.ResultChunk.SerializeToString,
+        ),
+        "GetRoundRecord": grpc.unary_unary_rpc_method_handler(
+            servicer.GetRoundRecord,
+            request_deserializer=_parser(pb.GetRoundRecordRequest),
+            response_serializer=pb.RoundRecord.SerializeToString,
+        ),
+        "ListRounds": grpc.unary_unary_rpc_method_handler(
+            servicer.ListRounds,
+            request_deserializer=_parser(pb.ListRoundsRequest),
+            response_serializer=pb.ListRoundsResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 class UploadGate:
@@ -133,6 +189,8 @@ class _Stream:
             for frame in self._gated(requests):
                 if self.outbox.closed:
                     return
+                if isinstance(frame, Undecodable):
+                    raise frame.refusal()
                 self._count(frame)
                 self._handle(frame)
                 del frame  # not held while this stream waits for an upload slot
@@ -456,6 +514,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def GetResult(  # noqa: N802
         self, request: pb.GetResultRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ResultChunk]:
+        self._check_decoded(request, context, "GetResult")
         try:
             key = self._reader(request.auth, "GetResult", lp_encode(request.round_id)).to_bytes()
             stored = self._stored(request.round_id)
@@ -512,6 +571,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def GetRoundRecord(  # noqa: N802
         self, request: pb.GetRoundRecordRequest, context: grpc.ServicerContext
     ) -> pb.RoundRecord:
+        self._check_decoded(request, context, "GetRoundRecord")
         with self._unary_slot(context):
             return self._round_record(request, context)
 
@@ -552,6 +612,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def ListRounds(  # noqa: N802
         self, request: pb.ListRoundsRequest, context: grpc.ServicerContext
     ) -> pb.ListRoundsResponse:
+        self._check_decoded(request, context, "ListRounds")
         with self._unary_slot(context):
             try:
                 fields = lp_encode(request.start_round_id, request.limit)
@@ -570,9 +631,15 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         finally:
             self._unary.release()
 
+    def _check_decoded(self, request: object, context: grpc.ServicerContext, method: str) -> None:
+        if isinstance(request, Undecodable):
+            self._refuse_read(context, method, request.refusal())
+
     def _refuse_read(self, context: grpc.ServicerContext, method: str, exc: SecAggError) -> None:
         code, details = status_for(exc)
-        log_event(self.log, "read_refused", logging.WARNING, method=method, code=code.name)
+        log_event(
+            self.log, "read_refused", logging.WARNING, method=method, code=code.name, reason=details
+        )
         context.abort(code, details)
 
     def _list_rounds(

@@ -99,3 +99,30 @@ def test_an_honest_round_completes_while_outsiders_flood_the_service(tmp_path, s
     # The silent streams were cut at the hello timeout, and no outsider got a Welcome.
     events = server.events()
     assert sum(e.get("reason", "").startswith("no signed Hello") for e in events) >= 1
+
+
+def test_undecodable_bytes_get_invalid_argument_and_a_log_line_on_every_method(tmp_path, servers):
+    _, server = _serve(tmp_path, servers)
+    garbage = b"\xff\xff\xff\xff\x0f"  # a field header with no valid wire type or length
+    channel = grpc.insecure_channel(server.target)
+    service = "/secagg.v1.Aggregator/"
+    for method in ("GetResult", "GetRoundRecord", "ListRounds"):
+        call = (
+            channel.unary_stream(service + method)
+            if method == "GetResult"
+            else channel.unary_unary(service + method)
+        )
+        with pytest.raises(grpc.RpcError) as rpc:
+            reply = call(garbage, timeout=10)
+            if method == "GetResult":
+                list(reply)
+        assert rpc.value.code() is grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "undecodable" in rpc.value.details()
+    stream = channel.stream_stream(service + "Participate")(iter([garbage]), timeout=10)
+    with pytest.raises(grpc.RpcError) as rpc:
+        list(stream)
+    assert rpc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "undecodable ClientFrame" in rpc.value.details()
+    channel.close()
+    logged = [e for e in server.events() if "undecodable" in str(e.get("reason", ""))]
+    assert {e["event"] for e in logged} == {"read_refused", "message_rejected"}
