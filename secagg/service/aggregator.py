@@ -45,6 +45,8 @@ from secagg.transport.tls import server_credentials
 
 __all__ = ["SERVICE_NAME", "Aggregator"]
 
+KEEPALIVE_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name
 INTERRUPTED_REASON = (
     "the aggregator stopped while the round was running (crash or kill); the round never completed"
@@ -259,9 +261,14 @@ class Aggregator:
         options = [
             ("grpc.max_receive_message_length", cfg.max_message_bytes),
             ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # A silently dead connection is found in ~15 s (ping every 10 s, 5 s to answer),
+            # and the sites' own pings every 10 s are allowed (not answered with GOAWAY).
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            # gRPC >= 1.6x times a ping out by this (default 60 s), not by keepalive_timeout_ms.
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.so_reuseport", 0),
             # No BDP probing: it grows every stream's HTTP/2 window to several MiB, which gRPC
