@@ -49,7 +49,7 @@ def _derived_vacuous(cls: type, d: Any) -> Any:
 
 
 _PROTECTION_MODES = ("mask", "ckks", "none")
-_RECORD_ACCOUNTANTS = ("rdp", "prv", "gdp")
+_RECORD_ACCOUNTANTS = ("pld", "rdp", "prv")  # gdp (an approximation) is not accepted
 _SITE_MECHANISMS = ("ddgauss", "skellam")
 
 

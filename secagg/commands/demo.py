@@ -42,7 +42,10 @@ def register(sub: Any) -> None:
         "comes from the OS unless --reproducible-noise)",
     )
     demo.add_argument(
-        "--accountant", choices=("rdp", "prv", "gdp"), default="rdp", help="record-level accountant"
+        "--accountant",
+        choices=("pld", "rdp", "prv"),
+        default="pld",
+        help="record-level accountant (pld: dp-accounting, tight; gdp is refused: not a bound)",
     )
     demo.add_argument("--record-noise", type=float, default=1.5, help="DP-SGD noise multiplier")
     demo.add_argument(

@@ -74,7 +74,7 @@ class DemoConfig:
     learning_rate: float = 0.2
     record_noise: float = 1.5
     max_grad_norm: float = 1.0
-    accountant: str = "rdp"
+    accountant: str = "pld"
     delta: float = 1e-5
     epsilon_budget: float | None = None
     site_budgets: Mapping[str, float] = field(default_factory=dict)

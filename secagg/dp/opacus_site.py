@@ -41,6 +41,7 @@ from opacus.accountants import IAccountant, create_accountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from secagg.accounting.dpsgd import RECORD_ACCOUNTANTS, check_record_accountant, dpsgd_epsilon
 from secagg.accounting.report import SiteRecordLevelDP
 from secagg.dp import models
 from secagg.errors import BudgetExceeded, ConfigError
@@ -50,8 +51,8 @@ __all__ = ["ACCOUNTANTS", "OpacusSite", "RecordLevelDPConfig", "SiteUpdate"]
 # Opacus logs a warning for every empty Poisson batch; they are expected on small sites.
 logging.getLogger("opacus.data_loader").setLevel(logging.ERROR)
 
-AccountantName = Literal["rdp", "prv", "gdp"]
-ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "gdp")
+AccountantName = Literal["pld", "rdp", "prv"]
+ACCOUNTANTS: tuple[str, ...] = RECORD_ACCOUNTANTS
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ class RecordLevelDPConfig:
         learning_rate: plain SGD step size (no momentum: its state would outlive the round).
         delta: the delta at which epsilons are stated.
         epsilon_budget: the site refuses a round that would take it above this (``None``: no cap).
-        accountant: ``"rdp"``, ``"prv"`` or ``"gdp"`` (Opacus's accountants; GDP is an
-            asymptotic approximation that Opacus itself flags as possibly underestimating).
+        accountant: ``"pld"`` (default: Google's dp-accounting PLD, the tight upper bound),
+            ``"rdp"`` (dp-accounting's RDP, looser) or ``"prv"`` (Opacus's PRV upper estimate).
+            ``"gdp"`` is refused: it is an approximation that can fall below the true epsilon.
         grad_sample_mode: Opacus's per-sample gradient engine; ``"ew"`` was fastest here.
     """
 
@@ -83,7 +85,7 @@ class RecordLevelDPConfig:
     learning_rate: float = 0.5
     delta: float = 1e-5
     epsilon_budget: float | None = None
-    accountant: AccountantName = "rdp"
+    accountant: AccountantName = "pld"
     grad_sample_mode: str = "ew"
 
     def __post_init__(self) -> None:
@@ -103,8 +105,13 @@ class RecordLevelDPConfig:
             raise ConfigError(f"delta must lie in (0, 1), got {self.delta}")
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise ConfigError("epsilon_budget must be positive (or None for no cap)")
-        if self.accountant not in ACCOUNTANTS:
-            raise ConfigError(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        check_record_accountant(self.accountant)
+
+    @property
+    def opacus_accountant(self) -> str:
+        """The Opacus accountant that keeps the (z, q, steps) history; PLD and RDP epsilons
+        are computed from that history by dp-accounting."""
+        return "prv" if self.accountant == "prv" else "rdp"
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,15 +130,18 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
-# Opacus's RDP conversion takes ~0.1 s (fractional orders); the ledger repeats the same
-# histories round after round, so epsilons are memoised on (accountant, history, delta).
+# Opacus's conversions take ~0.1-1 s; the ledger repeats the same histories round after round,
+# so epsilons are memoised on (accountant, history, delta) (dp-accounting's are memoised there).
 _EPSILON_CACHE: dict[tuple[str, tuple[tuple[float, float, int], ...], float], float] = {}
 
 
-def _epsilon(accountant: IAccountant, delta: float) -> float:
+def _epsilon(accountant: IAccountant, delta: float, name: str) -> float:
+    """The epsilon of an Opacus history by the named accountant (dp-accounting for pld/rdp)."""
     history = tuple((float(z), float(q), int(s)) for z, q, s in accountant.history)
     if not history:
         return 0.0
+    if name in ("pld", "rdp"):
+        return dpsgd_epsilon(history, delta, name)
     key = (accountant.mechanism(), history, float(delta))
     if key not in _EPSILON_CACHE:
         with warnings.catch_warnings():
@@ -183,7 +193,9 @@ class OpacusSite:
         with warnings.catch_warnings():
             # "Secure RNG turned off": known and documented (torchcsprng is unavailable).
             warnings.simplefilter("ignore")
-            self._engine = PrivacyEngine(accountant=self.config.accountant, secure_mode=False)
+            self._engine = PrivacyEngine(
+                accountant=self.config.opacus_accountant, secure_mode=False
+            )
             self.model, self.optimizer, self.loader = self._engine.make_private(
                 module=model,
                 optimizer=optimizer,
@@ -207,7 +219,7 @@ class OpacusSite:
     @property
     def epsilon(self) -> float:
         """Cumulative record-level epsilon spent so far, at the config's delta."""
-        return _epsilon(self.accountant, self.config.delta)
+        return _epsilon(self.accountant, self.config.delta, self.config.accountant)
 
     def _with_one_round(self, accountant: IAccountant) -> IAccountant:
         trial = copy.deepcopy(accountant)
@@ -217,7 +229,9 @@ class OpacusSite:
 
     def prospective_epsilon(self) -> float:
         """Cumulative epsilon after one more round (computed on a copy; nothing is spent)."""
-        return _epsilon(self._with_one_round(self.accountant), self.config.delta)
+        return _epsilon(
+            self._with_one_round(self.accountant), self.config.delta, self.config.accountant
+        )
 
     def check_budget(self) -> float:
         """The prospective epsilon; raise :class:`BudgetExceeded` if it is above the budget."""
@@ -255,9 +269,9 @@ class OpacusSite:
     # -- training --------------------------------------------------------------------------------
 
     def _round_epsilon(self) -> float:
-        one = create_accountant(self.config.accountant)
+        one = create_accountant(self.config.opacus_accountant)
         one.history = [(self.config.noise_multiplier, self.sample_rate, self.steps_per_round)]
-        return _epsilon(one, self.config.delta)
+        return _epsilon(one, self.config.delta, self.config.accountant)
 
     def _empty_batch_step(self) -> None:
         # Poisson sampling drew no record. DP-SGD still takes the step (the sum of clipped
