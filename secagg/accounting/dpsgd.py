@@ -30,6 +30,7 @@ __all__ = [
     "check_record_accountant",
     "dpsgd_epsilon",
     "dpsgd_epsilons",
+    "understatement",
 ]
 
 RECORD_ACCOUNTANTS: tuple[str, ...] = ("pld", "rdp", "prv")
@@ -110,3 +111,26 @@ def dpsgd_epsilons(history: Iterable[tuple[float, float, int]], delta: float) ->
     """Both epsilons of a history: PLD (the tight bound) and RDP (beside it)."""
     key = tuple((float(z), float(q), int(s)) for z, q, s in history)
     return _epsilons(key, float(delta))
+
+
+STATEMENT_TOLERANCE = 0.01
+"""A stated epsilon may lie this fraction below the PLD bound (an honest RDP or PRV bound is at or
+above the true epsilon, which PLD's pessimistic discretisation exceeds by at most ~0.3 %)."""
+MAX_STATEMENT_STEPS = 10_000_000
+
+
+def understatement(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float, epsilon_round: float
+) -> str | None:
+    """Why a site's record-level statement understates its epsilon, or None if it does not:
+    its one-round epsilon is recomputed from its own (z, q, steps, delta) by PLD."""
+    if steps > MAX_STATEMENT_STEPS:
+        return f"{steps} steps in one round is above the {MAX_STATEMENT_STEPS:,} accepted"
+    recomputed = dpsgd_epsilon([(noise_multiplier, sample_rate, steps)], delta)
+    if epsilon_round < (1 - STATEMENT_TOLERANCE) * recomputed:
+        return (
+            f"it states epsilon {epsilon_round:g} for this round, but (z={noise_multiplier:g}, "
+            f"q={sample_rate:g}, {steps} steps, delta={delta:g}) is worth {recomputed:.4g} "
+            "(dp-accounting PLD)"
+        )
+    return None

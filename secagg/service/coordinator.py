@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from secagg.accounting.dpsgd import understatement
 from secagg.accounting.report import SiteRecordLevelDP
 from secagg.audit.verify import releasable
 from secagg.errors import MalformedMessage, ReplayedMessage, RoundAborted, UnexpectedMessage
@@ -291,6 +292,20 @@ class RoundCoordinator:
             config_digest=self.config.digest,
             round_id=self.round_id,
         )
+        why = understatement(
+            statement.noise_multiplier,
+            statement.sample_rate,
+            statement.steps,
+            statement.delta,
+            statement.epsilon_round,
+        )
+        if why is None and statement.epsilon_cumulative < statement.epsilon_round:
+            why = "its cumulative epsilon is below this round's"
+        if why is not None:
+            log_event(
+                self._log, "statement_refused", logging.WARNING, round=self.round_id, party=party
+            )
+            raise MalformedMessage(f"record-level statement refused: {why}")
         name = self._site_name(party)
         if statement.site != name:
             raise MalformedMessage(

@@ -8,12 +8,14 @@ import threading
 import time
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from secagg.accounting import RdpAccountant, SiteRecordLevelDP
+from secagg.accounting.dpsgd import dpsgd_epsilon
 from secagg.audit import read_ledger, verify_records
-from secagg.client import AggregatorClient, RoundResult, load_identity
+from secagg.client import AggregatorClient, AggregatorError, RoundResult, load_identity
 from secagg.dp.distributed import DistributedDPEncoder
 from secagg.protocol import AdversaryClass, SitePolicy
 from secagg.store import RoundStore
@@ -41,21 +43,28 @@ DEADLINES = {
 }
 
 
-def _statement(party: int, round_id: int) -> SiteRecordLevelDP:
-    return SiteRecordLevelDP(
-        site=NAMES[party],
-        accountant="rdp",
-        noise_multiplier=1.1,
-        sample_rate=0.1,
-        steps=10,
-        delta=1e-5,
-        epsilon_round=0.4,
-        epsilon_cumulative=0.4 * round_id,
-    )
+def _statement(party: int, round_id: int, **forged: Any) -> SiteRecordLevelDP:
+    """An honest statement of 10 DP-SGD steps per round (z 1.1, q 0.1), or a forged one."""
+    fields: dict[str, Any] = {
+        "site": NAMES[party],
+        "accountant": "pld",
+        "noise_multiplier": 1.1,
+        "sample_rate": 0.1,
+        "steps": 10,
+        "delta": 1e-5,
+        "epsilon_round": dpsgd_epsilon([(1.1, 0.1, 10)], 1e-5),
+        "epsilon_cumulative": dpsgd_epsilon([(1.1, 0.1, 10 * round_id)], 1e-5),
+    }
+    return SiteRecordLevelDP(**(fields | forged))
 
 
 def _dp_site(
-    target: str, key: pathlib.Path, party: int, out: dict[int, Any], decline: bool
+    target: str,
+    key: pathlib.Path,
+    party: int,
+    out: dict[int, Any],
+    decline: bool,
+    forged: dict[str, Any] | None = None,
 ) -> None:
     with site_client(target, key, timeout=60) as client:
         handle = client.join()
@@ -68,13 +77,25 @@ def _dp_site(
         encoder = DistributedDPEncoder(dp, rotation_seed=handle.info.round_id)
         update = np.random.default_rng(party).normal(0, 0.1, 50)
         words = np.mod(encoder.encode(update), 1 << dp.bits)
-        out[party] = handle.submit_encoded(words, statement=_statement(party, handle.info.round_id))
+        statement = _statement(party, handle.info.round_id, **(forged or {}))
+        try:
+            out[party] = handle.submit_encoded(words, statement=statement)
+        except AggregatorError as exc:
+            out[party] = exc
 
 
-def _dp_round(target: str, keys: dict[int, pathlib.Path], decline: set[int]) -> dict[int, Any]:
+def _dp_round(
+    target: str,
+    keys: dict[int, pathlib.Path],
+    decline: set[int],
+    forged: dict[int, dict[str, Any]] | None = None,
+) -> dict[int, Any]:
     out: dict[int, Any] = {}
     threads = [
-        threading.Thread(target=_dp_site, args=(target, keys[p], p, out, p in decline))
+        threading.Thread(
+            target=_dp_site,
+            args=(target, keys[p], p, out, p in decline, (forged or {}).get(p)),
+        )
         for p in keys
     ]
     for t in threads:
@@ -205,3 +226,23 @@ def test_serve_refuses_to_start_without_an_aggregator_key(tmp_path):
     )
     assert run.returncode == 2
     assert "secagg keys generate --out aggregator.key" in run.stderr
+
+
+def test_a_statement_that_understates_its_epsilon_is_refused_over_grpc(tmp_path, servers):
+    keys = write_keys(tmp_path, N)
+    config = write_config(
+        tmp_path, keys, vector_length=64, deadlines=DEADLINES, sections=DP, names=NAMES
+    )
+    server = ServerProcess(config, tmp_path / "server.log")
+    servers.append(server)
+    # (z 0.3, q 1, 1000 steps) is worth epsilon ~6,005 by PLD; site 4 claims 0.01.
+    forged = {"noise_multiplier": 0.3, "sample_rate": 1.0, "steps": 1000}
+    forged |= {"epsilon_round": 0.01, "epsilon_cumulative": 0.01}
+    out = _dp_round(server.target, keys, decline=set(), forged={4: forged})
+    refusal = out[4]
+    assert isinstance(refusal, AggregatorError), refusal
+    assert refusal.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "states epsilon 0.01" in refusal.details and "6005" in refusal.details
+    report = out[1].privacy_report
+    assert report.participants == ("site-1", "site-2", "site-3"), "the round went on without it"
+    assert [e["party"] for e in server.events() if e["event"] == "statement_refused"] == [4]
