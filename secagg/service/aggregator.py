@@ -105,6 +105,7 @@ class Aggregator:
         self._shutdown_at: float | None = None
         self._stopped = threading.Event()
         self._downloads: dict[int, set[bytes]] = {}
+        self._budget_refusal: str | None = None
         self._verified: set[int] = set()
         self._verify_lock = threading.Lock()
         self._roster_keys = {k.to_bytes() for k in config.roster.values()}
@@ -143,6 +144,8 @@ class Aggregator:
                 current = self._current
                 if current is not None and current.joinable:
                     return current
+                if self._no_more_rounds and self._budget_refusal is not None:
+                    raise NotJoinable(self._budget_refusal)
                 if self._no_more_rounds:
                     raise NotJoinable(
                         f"no round is open: this aggregator has run its {self.config.rounds} "
@@ -320,11 +323,35 @@ class Aggregator:
         )
         return self.port
 
+    def budget_refusal(self) -> str | None:
+        """Why the next round may not start (the site-level budget), or None."""
+        budget = self.config.epsilon_budget
+        dp = self.config.distributed_dp
+        if budget is None or dp is None:
+            return None
+        eps = self.books.prospective_site_epsilon(dp.min_clients)
+        if eps is None or eps <= budget:
+            return None
+        return (
+            f"the site-level privacy budget is spent: one more round could take the cumulative "
+            f"epsilon to {eps:.4g} > epsilon_budget {budget:g} (delta {dp.delta:g}); no round "
+            "is started"
+        )
+
+    def _next_round(self, after: int = 0) -> RoundCoordinator | None:
+        """The next round, or None (and why, logged) if the privacy budget forbids it."""
+        refusal = self.budget_refusal()
+        if refusal is not None:
+            self._budget_refusal = refusal
+            log_event(self.log, "privacy_budget_exhausted", logging.WARNING, reason=refusal)
+            return None
+        return self._new_round(after=after)
+
     def run_rounds(self) -> None:
         """Run the configured number of rounds, one after the other."""
         cfg = self.config
         done = 0
-        coordinator = self._new_round() if cfg.rounds > 0 else None
+        coordinator = self._next_round() if cfg.rounds > 0 else None
         while coordinator is not None:
             with self._cond:
                 self._current = coordinator
@@ -336,7 +363,7 @@ class Aggregator:
                 (started and done < cfg.rounds) or coordinator.start_failed
             ):
                 # Open before any client hears this round's outcome; a burned id is skipped.
-                nxt = self._new_round(after=coordinator.round_id)
+                nxt = self._next_round(after=coordinator.round_id)
             with self._cond:
                 self._current = nxt
                 self._no_more_rounds = nxt is None

@@ -36,6 +36,8 @@ Example (paths are relative to the file)::
     [distributed_dp]                # optional: site-level distributed DP the sites apply
     l2_clip = 5.0
     noise_multiplier = 0.5          # or target_epsilon (with rounds_planned)
+    # epsilon_budget = 8.0          # no round starts that could take the site-level epsilon
+                                    # (cumulative, at the fewest survivors allowed) above it
     # min_clients = 3               # default: the threshold; expected_clients: the roster size
     # dimension = 1000              # floats per update (default: vector_length); vector_length
                                     # must be its padded size (next power of two with hadamard)
@@ -139,6 +141,8 @@ class ServiceConfig:
     tls_client_ca: bytes | None = field(default=None, repr=False)
     insecure_allow_plaintext: bool = False
     distributed_dp: DistributedDPConfig | None = None
+    epsilon_budget: float | None = None
+    """Site-level epsilon no round may take the cumulative figure above (None: no cap)."""
     site_names: Mapping[int, str] = field(default_factory=dict)
     """party -> the site's name in privacy reports (default: the party id as a string)."""
 
@@ -341,6 +345,7 @@ def _load_aggregator_key(path: pathlib.Path) -> IdentityKey:
 
 
 _DP_KEYS = {
+    "epsilon_budget",
     "l2_clip",
     "noise_multiplier",
     "target_epsilon",
@@ -395,6 +400,15 @@ def _distributed_dp(
             f"coordinates: set vector_length = {config.padded_dimension}"
         )
     return config
+
+
+def _epsilon_budget(dp: Mapping[str, Any]) -> float | None:
+    budget = _number(dp, "epsilon_budget", "[distributed_dp] ")
+    if budget is None:
+        return None
+    if not 0 < float(budget) < math.inf:
+        raise ConfigError(f"[distributed_dp] epsilon_budget must be positive, got {budget}")
+    return float(budget)
 
 
 def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
@@ -527,6 +541,7 @@ def load_config(path: str | pathlib.Path, **overrides: Any) -> ServiceConfig:
         "site_names": site_names,
         "aggregator_key": aggregator_key,
         "distributed_dp": distributed_dp,
+        "epsilon_budget": _epsilon_budget(_section(doc, "distributed_dp")),
         "vector_length": vector_length,
         "threshold": threshold,
         "degree": degree,

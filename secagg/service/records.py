@@ -130,6 +130,17 @@ class RoundBooks:
 
     # --- one round -------------------------------------------------------------------------
 
+    def prospective_site_epsilon(self, fewest_survivors: int) -> float | None:
+        """The cumulative site-level epsilon after one more round with the fewest survivors
+        the round may complete with (the most each site's noise share can cost), or None
+        without site-level DP."""
+        if self.dp_params is None:
+            return None
+        with self._lock:
+            before = self.accountant
+        statement, _ = site_level_statement(self.dp_params, before, survivors=fewest_survivors)
+        return statement.epsilon_cumulative
+
     def privacy_report(
         self,
         session: ServerSession,

@@ -16,8 +16,9 @@ from secagg.accounting import RdpAccountant, SiteRecordLevelDP
 from secagg.accounting.dpsgd import dpsgd_epsilon
 from secagg.audit import read_ledger, verify_records
 from secagg.client import AggregatorClient, AggregatorError, RoundResult, load_identity
-from secagg.dp.distributed import DistributedDPEncoder
+from secagg.dp.distributed import DistributedDPEncoder, derive_params, site_level_statement
 from secagg.protocol import AdversaryClass, SitePolicy
+from secagg.service.config import load_config
 from secagg.store import RoundStore
 from tests.service.conftest import (
     PY,
@@ -246,3 +247,31 @@ def test_a_statement_that_understates_its_epsilon_is_refused_over_grpc(tmp_path,
     report = out[1].privacy_report
     assert report.participants == ("site-1", "site-2", "site-3"), "the round went on without it"
     assert [e["party"] for e in server.events() if e["event"] == "statement_refused"] == [4]
+
+
+def test_no_round_starts_past_the_site_level_budget_over_grpc(tmp_path, servers):
+    keys = write_keys(tmp_path, N)
+    config = write_config(
+        tmp_path, keys, vector_length=64, rounds=3, deadlines=DEADLINES, sections=DP, names=NAMES
+    )
+    params = derive_params(load_config(config).distributed_dp)
+    one, after_one = site_level_statement(params, RdpAccountant(), survivors=3)
+    two, _ = site_level_statement(params, after_one, survivors=3)
+    budget = (one.epsilon_cumulative + two.epsilon_cumulative) / 2  # room for one round only
+    text = config.read_text().replace(DP, DP + f"\nepsilon_budget = {budget}")
+    config.write_text(text)
+    server = ServerProcess(config, tmp_path / "server.log")
+    servers.append(server)
+    out = _dp_round(server.target, keys, decline=set())
+    assert all(isinstance(out[p], RoundResult) for p in keys), out
+    with (
+        site_client(server.target, keys[1], timeout=20) as client,
+        pytest.raises(AggregatorError) as refused,
+    ):
+        client.join()
+    assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "privacy budget is spent" in refused.value.details
+    assert f"epsilon_budget {budget:g}" in refused.value.details
+    assert [e["event"] for e in server.events() if e["event"] == "privacy_budget_exhausted"]
+    with AggregatorClient(server.target, load_identity(keys[2]), timeout=20) as client:
+        assert [r["status"] for r in client.list_rounds()] == ["completed"]
