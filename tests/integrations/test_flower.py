@@ -30,6 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from secagg.accounting import PrivacyReport
 from secagg.crypto import IdentityKey
+from secagg.errors import ConfigError
 from secagg.integrations.flower import (
     PRIVACY_RECORD,
     RECORD_KEY,
@@ -231,3 +232,27 @@ def test_importing_secagg_does_not_import_flower() -> None:
     code = "import sys, secagg, secagg.wire, secagg.integrations; print('flwr' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_workflow_starts_no_round_past_its_site_level_budget() -> None:
+    dp = DistributedDP(l2_clip=10.0, noise_multiplier=0.05, delta=1e-5)
+    wf = SecAggWorkflow(num_shares=N, reconstruction_threshold=4, distributed_dp=dp, timeout=30)
+    run(wf, [site_mod(dp=DPFloor(min_noise_multiplier=0.01))])
+    (first,) = wf.reports
+    assert first.abort_reason is None and first.report.site_level is not None
+    spent = first.report.site_level.epsilon_cumulative
+    # Room for less than one more round: the next is refused before any site is asked for keys.
+    capped = SecAggWorkflow(
+        num_shares=N,
+        reconstruction_threshold=4,
+        distributed_dp=dp,
+        timeout=30,
+        epsilon_budget=spent * 1.5,
+    )
+    run(capped, [site_mod(dp=DPFloor(min_noise_multiplier=0.01))], rounds=2)
+    assert len(capped.reports) == 2 and capped.reports[0].abort_reason is None
+    refused = capped.reports[1]
+    assert refused.aggregate is None
+    assert "budget: the site-level privacy budget is spent" in (refused.abort_reason or "")
+    with pytest.raises(ConfigError, match="needs distributed_dp"):
+        SecAggWorkflow(epsilon_budget=1.0)

@@ -39,6 +39,7 @@ from flwr.serverapp.grid import Grid
 
 from secagg.accounting import PRIVACY_REPORT_SCHEMA_VERSION, PrivacyReport, RdpAccountant
 from secagg.crypto import IdentityPublicKey
+from secagg.dp.distributed import site_level_statement
 from secagg.encoding import FixedPointEncoding
 from secagg.errors import ConfigError, CryptoError, ProtocolError, RoundAborted
 from secagg.integrations.flower._common import (
@@ -111,6 +112,9 @@ class SecAggWorkflow:
         timeout: seconds to wait for the replies of each exchange (``None`` waits for all).
         dropout_rate, corrupt_fraction: inputs of the parameter finder when ``num_shares`` is None.
         distributed_dp: site-level distributed DP (:class:`DistributedDP`), or None.
+        epsilon_budget: with ``distributed_dp``, no round starts that could take the cumulative
+            site-level epsilon (accounted at ``threshold`` survivors, the fewest a round may
+            complete with) above it; such a round is recorded aborted at ``budget``.
         roster: identity keys registered out of band; nodes presenting any other key are left out
             (give the same keys to the clients' mod as ``trusted_roster``). Without it the roster is
             built from what the sampled nodes advertise: see docs/flower.md on Sybils.
@@ -130,6 +134,7 @@ class SecAggWorkflow:
         dropout_rate: float = 0.1,
         corrupt_fraction: float = 0.1,
         distributed_dp: DistributedDP | None = None,
+        epsilon_budget: float | None = None,
         roster: Iterable[IdentityPublicKey | bytes] | None = None,
         on_report: Callable[[RoundSummary], None] | None = None,
     ) -> None:
@@ -162,7 +167,12 @@ class SecAggWorkflow:
         self.timeout = timeout
         self.dropout_rate = dropout_rate
         self.corrupt_fraction = corrupt_fraction
+        if epsilon_budget is not None and not 0 < epsilon_budget < math.inf:
+            raise ConfigError("epsilon_budget must be positive (or None for no cap)")
+        if epsilon_budget is not None and distributed_dp is None:
+            raise ConfigError("epsilon_budget caps the site-level epsilon: it needs distributed_dp")
         self.distributed_dp = distributed_dp
+        self.epsilon_budget = epsilon_budget
         self.roster = (
             None
             if roster is None
@@ -330,6 +340,16 @@ class _Round:
             dp_params = dp_encoder(
                 round_ctx, context_bytes, n=n, threshold=threshold, bits=wf.bits
             ).params
+            if wf.epsilon_budget is not None:
+                worst, _ = site_level_statement(dp_params, wf._accountant, survivors=threshold)
+                if worst.epsilon_cumulative > wf.epsilon_budget:
+                    self._finish_aborted(
+                        "budget",
+                        "the site-level privacy budget is spent: this round could take the "
+                        f"cumulative epsilon to {worst.epsilon_cumulative:.4g} > epsilon_budget "
+                        f"{wf.epsilon_budget:g}",
+                    )
+                    return
             encoding = FixedPointEncoding(clip=1.0, scale=1.0, max_clients=n, bits=wf.bits)
             length = vector_length(round_ctx, dp_params.padded_dimension)
         else:
@@ -430,8 +450,6 @@ class _Round:
             )
             total = encoder.decode(result.total.astype(np.int64), k)
             new_flat = flatten(global_arrays) + total / k
-            from secagg.dp.distributed import site_level_statement
-
             site_level, self.wf._accountant = site_level_statement(
                 dp_params, wf._accountant, survivors=k
             )
