@@ -93,30 +93,35 @@ def _parser(message: Any) -> Any:
     return parse
 
 
+_METHODS: tuple[tuple[str, Any, Any, Any], ...] = (
+    ("Participate", grpc.stream_stream_rpc_method_handler, pb.ClientFrame, pb.ServerFrame),
+    ("GetResult", grpc.unary_stream_rpc_method_handler, pb.GetResultRequest, pb.ResultChunk),
+    (
+        "GetRoundRecord",
+        grpc.unary_unary_rpc_method_handler,
+        pb.GetRoundRecordRequest,
+        pb.RoundRecord,
+    ),
+    (
+        "ListRounds",
+        grpc.unary_unary_rpc_method_handler,
+        pb.ListRoundsRequest,
+        pb.ListRoundsResponse,
+    ),
+)
+"""The service's methods: name, gRPC handler kind, request and response messages."""
+
+
 def add_servicer_to_server(servicer: AggregatorServicer, server: grpc.Server) -> None:
     """The generated ``add_AggregatorServicer_to_server``, with parsers that hand an
     undecodable request to the servicer as :class:`Undecodable`."""
     handlers = {
-        "Participate": grpc.stream_stream_rpc_method_handler(
-            servicer.Participate,
-            request_deserializer=_parser(pb.ClientFrame),
-            response_serializer=pb.ServerFrame.SerializeToString,
-        ),
-        "GetResult": grpc.unary_stream_rpc_method_handler(
-            servicer.GetResult,
-            request_deserializer=_parser(pb.GetResultRequest),
-            response_serializer=pb.ResultChunk.SerializeToString,
-        ),
-        "GetRoundRecord": grpc.unary_unary_rpc_method_handler(
-            servicer.GetRoundRecord,
-            request_deserializer=_parser(pb.GetRoundRecordRequest),
-            response_serializer=pb.RoundRecord.SerializeToString,
-        ),
-        "ListRounds": grpc.unary_unary_rpc_method_handler(
-            servicer.ListRounds,
-            request_deserializer=_parser(pb.ListRoundsRequest),
-            response_serializer=pb.ListRoundsResponse.SerializeToString,
-        ),
+        method: make(
+            getattr(servicer, method),
+            request_deserializer=_parser(request),
+            response_serializer=response.SerializeToString,
+        )
+        for method, make, request, response in _METHODS
     }
     name = pb.DESCRIPTOR.services_by_name["Aggregator"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
